@@ -1,0 +1,33 @@
+# fanout — developer entry points. `make run` and `make test` are the two
+# set-up commands the README promises work on a fresh machine.
+
+CARGO ?= cargo
+LISTEN ?= 127.0.0.1:8080
+
+.PHONY: run build test fmt fmt-check lint unit-test
+
+## Build and start a development node (generated secret and API key, printed).
+run:
+	$(CARGO) run --release --bin fanout -- serve --dev --listen $(LISTEN)
+
+build:
+	$(CARGO) build --release --bin fanout
+
+## Everything CI checks: formatting, lints, every test.
+test: fmt-check lint unit-test
+
+fmt:
+	$(CARGO) fmt --all
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+lint:
+	$(CARGO) clippy --all-targets -- -D warnings
+
+unit-test:
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --no-fail-fast; \
+	else \
+		$(CARGO) test --no-fail-fast; \
+	fi

@@ -1,0 +1,76 @@
+//! The HTTP surface: `GET /ws` for clients and the backend API under
+//! `/api`, guarded by API keys. Every error is a JSON body
+//! (`{"error":{"code","message"}}`), including unknown paths and methods.
+
+pub mod error;
+mod publish;
+mod users;
+
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, Request, State},
+    http::{StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post, put},
+};
+
+use crate::{state::AppState, transport::ws};
+use error::ApiError;
+
+/// The client and API router.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/publish", post(publish::publish))
+        .route("/users/{uid}", get(users::get_user))
+        .route("/users/{uid}/disconnect", post(users::disconnect))
+        .route(
+            "/users/{uid}/groups/{*group}",
+            put(users::join_group).delete(users::leave_group),
+        )
+        .route("/stats", get(users::stats))
+        .route_layer(middleware::from_fn_with_state(state.clone(), api_guard))
+        .layer(DefaultBodyLimit::max(state.cfg.api_body_limit as usize));
+    Router::new()
+        .route("/ws", get(ws::handler))
+        .nest("/api", api)
+        .fallback(|| async { ApiError::not_found() })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method",
+            )
+        })
+        .with_state(state)
+}
+
+/// Checks the API key, then runs the request within the API timeout.
+async fn api_guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, key) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
+        });
+    match presented {
+        None => {
+            return ApiError::unauthorized(
+                "unauthorized",
+                "send `Authorization: Bearer <api key>`",
+            )
+            .into_response();
+        }
+        Some(key) if !state.auth.check_api_key(key) => {
+            return ApiError::unauthorized("unauthorized", "invalid API key").into_response();
+        }
+        Some(_) => {}
+    }
+    match tokio::time::timeout(state.cfg.api_timeout, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => ApiError::unavailable("timeout", "the request took too long; retry later")
+            .into_response(),
+    }
+}

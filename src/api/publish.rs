@@ -1,0 +1,106 @@
+//! `POST /api/publish`: one message to users, groups, or everyone.
+
+use std::collections::HashSet;
+
+use axum::{Json, extract::State};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::error::ApiError;
+use crate::{
+    node::Targets,
+    protocol::{self, is_valid_event, is_valid_name},
+    state::AppState,
+};
+
+/// Most users plus groups one publish may target.
+pub(super) const MAX_TARGETS: usize = 10_000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PublishRequest {
+    to: To,
+    #[serde(default)]
+    event: Option<String>,
+    #[serde(default)]
+    data: Option<Box<RawValue>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct To {
+    #[serde(default)]
+    users: Vec<String>,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    all: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct PublishResponse {
+    id: String,
+    offline_users: Vec<String>,
+}
+
+pub(super) async fn publish(
+    State(state): State<AppState>,
+    body: Result<Json<PublishRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<PublishResponse>, ApiError> {
+    let Json(req) = body?;
+    let targets = validate(req.to)?;
+    if let Some(event) = &req.event {
+        if !is_valid_event(event) {
+            return Err(ApiError::bad_request(
+                "invalid_event",
+                "`event` must be 1-128 bytes",
+            ));
+        }
+    }
+    let data = req.data.unwrap_or_else(protocol::null_value);
+    let publication = state.node.publication(req.event, data, None);
+    let published = state.node.publish(&targets, publication).await?;
+    Ok(Json(PublishResponse {
+        id: published.id,
+        offline_users: published.offline_users,
+    }))
+}
+
+fn validate(to: To) -> Result<Targets, ApiError> {
+    if !to.all && to.users.is_empty() && to.groups.is_empty() {
+        return Err(ApiError::bad_request(
+            "no_target",
+            "`to` needs `users`, `groups` or `all: true`",
+        ));
+    }
+    if to.users.len() + to.groups.len() > MAX_TARGETS {
+        return Err(ApiError::bad_request(
+            "too_many_targets",
+            format!("one publish may target at most {MAX_TARGETS} users and groups"),
+        ));
+    }
+    Ok(Targets {
+        users: names(to.users, "invalid_user", "uid")?,
+        groups: names(to.groups, "invalid_group", "group")?,
+        all: to.all,
+    })
+}
+
+/// Validates and de-duplicates names, keeping their order.
+fn names(list: Vec<String>, code: &'static str, what: &str) -> Result<Vec<String>, ApiError> {
+    let mut seen = HashSet::with_capacity(list.len());
+    let mut out = Vec::with_capacity(list.len());
+    for name in list {
+        if !is_valid_name(&name) {
+            let shown: String = name.chars().take(64).collect();
+            return Err(ApiError::bad_request(
+                code,
+                format!("invalid {what} `{shown}`: 1-128 characters of A-Za-z0-9_.:@=+/-"),
+            ));
+        }
+        if seen.insert(name.clone()) {
+            out.push(name);
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,93 @@
+//! Per-user endpoints (presence, kick, server-side group membership) and
+//! `/api/stats`. Actions on a user's connections travel as commands on the
+//! user's channel, so they reach that user on every node.
+
+use axum::{
+    Json,
+    extract::{Path, State, rejection::PathRejection},
+};
+use serde_json::{Value, json};
+
+use super::error::ApiError;
+use crate::{broker::Command, protocol::is_valid_name, state::AppState};
+
+fn uid_of(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    let Path(uid) = path.map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))?;
+    check(&uid, "invalid_user", "uid")?;
+    Ok(uid)
+}
+
+fn check(name: &str, code: &'static str, what: &str) -> Result<(), ApiError> {
+    if is_valid_name(name) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            code,
+            format!("invalid {what}: 1-128 characters of A-Za-z0-9_.:@=+/-"),
+        ))
+    }
+}
+
+/// `GET /api/users/{uid}`
+pub(super) async fn get_user(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let uid = uid_of(path)?;
+    let connections = state.node.user_connections(&uid);
+    Ok(Json(json!({
+        "uid": uid,
+        "online": connections > 0,
+        "connections": connections,
+    })))
+}
+
+/// `POST /api/users/{uid}/disconnect`
+pub(super) async fn disconnect(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let uid = uid_of(path)?;
+    let online = state.node.command(&uid, Command::Disconnect).await?;
+    Ok(Json(json!({"uid": uid, "disconnected": online})))
+}
+
+async fn group_command(
+    state: &AppState,
+    path: Result<Path<(String, String)>, PathRejection>,
+    command: fn(String) -> Command,
+) -> Result<Json<Value>, ApiError> {
+    let Path((uid, group)) =
+        path.map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))?;
+    check(&uid, "invalid_user", "uid")?;
+    check(&group, "invalid_group", "group")?;
+    let online = state.node.command(&uid, command(group.clone())).await?;
+    Ok(Json(json!({"uid": uid, "group": group, "online": online})))
+}
+
+/// `PUT /api/users/{uid}/groups/{group}`
+pub(super) async fn join_group(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    group_command(&state, path, Command::Join).await
+}
+
+/// `DELETE /api/users/{uid}/groups/{group}`
+pub(super) async fn leave_group(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    group_command(&state, path, Command::Leave).await
+}
+
+/// `GET /api/stats`
+pub(super) async fn stats(State(state): State<AppState>) -> Json<Value> {
+    let c = state.node.counts();
+    Json(json!({
+        "node": state.node.id(),
+        "connections": c.connections,
+        "users": c.users,
+        "groups": c.groups,
+    }))
+}

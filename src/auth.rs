@@ -1,0 +1,364 @@
+//! Client and backend authentication.
+//!
+//! Clients present a JWT once; [`Authenticator::verify`] turns it into
+//! [`Credentials`] that transports carry around and never re-parse. The
+//! algorithm is pinned by configuration, so a token signed with another
+//! algorithm (or `alg: none`) is rejected before its signature is looked at.
+//! Backends present API keys; they are compared by SHA-256 digest in constant
+//! time against every configured key, so neither the position of the
+//! matching key nor its length leaks through timing.
+
+use std::{
+    fmt,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::protocol::is_valid_name;
+
+/// The JWT signature algorithms fanout accepts (one at a time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum JwtAlgorithm {
+    #[value(name = "HS256")]
+    Hs256,
+    #[value(name = "RS256")]
+    Rs256,
+    #[value(name = "ES256")]
+    Es256,
+}
+
+impl JwtAlgorithm {
+    fn jwt(self) -> Algorithm {
+        match self {
+            Self::Hs256 => Algorithm::HS256,
+            Self::Rs256 => Algorithm::RS256,
+            Self::Es256 => Algorithm::ES256,
+        }
+    }
+}
+
+impl fmt::Display for JwtAlgorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Hs256 => "HS256",
+            Self::Rs256 => "RS256",
+            Self::Es256 => "ES256",
+        })
+    }
+}
+
+/// How tokens are verified (and, for HS256, minted).
+#[derive(Clone)]
+pub enum JwtKey {
+    /// HS256 shared secret.
+    Secret(Vec<u8>),
+    /// RS256 or ES256 public key, PEM.
+    PublicPem(Vec<u8>),
+}
+
+impl fmt::Debug for JwtKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Secret(_) => "Secret(..)",
+            Self::PublicPem(_) => "PublicPem(..)",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not valid: {0}")]
+    InvalidToken(&'static str),
+    #[error("the token's `sub` must be a uid of 1-128 characters of A-Za-z0-9_.:@=+/-")]
+    InvalidSubject,
+    #[error("the JWT key cannot be used: {0}")]
+    BadKey(String),
+    #[error("tokens can only be minted with an HS256 secret")]
+    CannotMint,
+}
+
+/// What a verified token grants one connection.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub uid: Arc<str>,
+    /// Unix seconds after which the connection must refresh or go.
+    pub exp: u64,
+    /// Groups the connection may join.
+    pub groups: Patterns,
+    /// Groups the connection may publish to.
+    pub publish: Patterns,
+}
+
+/// Group names or prefix patterns ending in `*` (`room-*`, or `*` for any).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Patterns(Box<[Box<str>]>);
+
+impl Patterns {
+    pub fn new<S: AsRef<str>>(patterns: impl IntoIterator<Item = S>) -> Self {
+        Self(
+            patterns
+                .into_iter()
+                .filter_map(|p| {
+                    let p = p.as_ref().trim();
+                    (!p.is_empty()).then(|| Box::from(p))
+                })
+                .collect(),
+        )
+    }
+
+    pub fn allows(&self, name: &str) -> bool {
+        self.0.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => **p == *name,
+        })
+    }
+}
+
+/// The claims fanout reads. `sub` may be a string or an integer, since
+/// backends often put a numeric user id there.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Claims {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<Subject>,
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Subject {
+    Text(String),
+    Number(u64),
+}
+
+/// Verifies client tokens and backend API keys. Cheap to share behind an
+/// `Arc`; holds no global state, so each test can use its own secret.
+pub struct Authenticator {
+    decoding: DecodingKey,
+    encoding: Option<EncodingKey>,
+    validation: Validation,
+    algorithm: JwtAlgorithm,
+    issuer: Option<String>,
+    audience: Option<String>,
+    api_key_digests: Vec<[u8; 32]>,
+}
+
+impl fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("algorithm", &self.algorithm)
+            .field("api_keys", &self.api_key_digests.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authenticator {
+    pub fn new(
+        algorithm: JwtAlgorithm,
+        key: &JwtKey,
+        issuer: Option<String>,
+        audience: Option<String>,
+        api_keys: &[String],
+    ) -> Result<Self, AuthError> {
+        let bad = |e: jsonwebtoken::errors::Error| AuthError::BadKey(e.to_string());
+        let (decoding, encoding) = match (algorithm, key) {
+            (JwtAlgorithm::Hs256, JwtKey::Secret(s)) => (
+                DecodingKey::from_secret(s),
+                Some(EncodingKey::from_secret(s)),
+            ),
+            (JwtAlgorithm::Rs256, JwtKey::PublicPem(p)) => {
+                (DecodingKey::from_rsa_pem(p).map_err(bad)?, None)
+            }
+            (JwtAlgorithm::Es256, JwtKey::PublicPem(p)) => {
+                (DecodingKey::from_ec_pem(p).map_err(bad)?, None)
+            }
+            (alg, _) => {
+                return Err(AuthError::BadKey(format!(
+                    "{alg} needs {}",
+                    if alg == JwtAlgorithm::Hs256 {
+                        "a shared secret"
+                    } else {
+                        "a PEM public key"
+                    }
+                )));
+            }
+        };
+        let mut validation = Validation::new(algorithm.jwt());
+        validation.leeway = 0;
+        validation.validate_nbf = true;
+        // `sub` is checked below: jsonwebtoken's own check rejects numeric subjects.
+        validation.set_required_spec_claims(&["exp"]);
+        if let Some(iss) = &issuer {
+            validation.set_issuer(&[iss]);
+        }
+        match &audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        Ok(Self {
+            decoding,
+            encoding,
+            validation,
+            algorithm,
+            issuer,
+            audience,
+            api_key_digests: api_keys.iter().map(|k| digest(k)).collect(),
+        })
+    }
+
+    /// Verifies a client token and extracts what it grants.
+    pub fn verify(&self, token: &str) -> Result<Credentials, AuthError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::InvalidSignature => AuthError::InvalidToken("bad signature"),
+                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                    AuthError::InvalidToken("wrong algorithm")
+                }
+                ErrorKind::InvalidIssuer => AuthError::InvalidToken("wrong issuer"),
+                ErrorKind::InvalidAudience => AuthError::InvalidToken("wrong audience"),
+                ErrorKind::ImmatureSignature => AuthError::InvalidToken("not valid yet"),
+                ErrorKind::MissingRequiredClaim(_) => {
+                    AuthError::InvalidToken("missing the `exp` claim")
+                }
+                ErrorKind::InvalidClaimFormat(_) | ErrorKind::Json(_) => {
+                    AuthError::InvalidToken("malformed claims")
+                }
+                _ => AuthError::InvalidToken("malformed token"),
+            })?;
+        let claims = data.claims;
+        let uid = match claims.sub {
+            Some(Subject::Text(s)) => s,
+            Some(Subject::Number(n)) => n.to_string(),
+            None => return Err(AuthError::InvalidToken("missing the `sub` claim")),
+        };
+        if !is_valid_name(&uid) {
+            return Err(AuthError::InvalidSubject);
+        }
+        Ok(Credentials {
+            uid: uid.into(),
+            exp: claims.exp,
+            groups: Patterns::new(&claims.groups),
+            publish: Patterns::new(&claims.publish),
+        })
+    }
+
+    /// Mints an HS256 token (development and tests).
+    pub fn mint(
+        &self,
+        uid: &str,
+        groups: &[String],
+        publish: &[String],
+        ttl: Duration,
+    ) -> Result<String, AuthError> {
+        let key = self.encoding.as_ref().ok_or(AuthError::CannotMint)?;
+        let now = unix_now();
+        let claims = Claims {
+            sub: Some(Subject::Text(uid.to_owned())),
+            exp: now + ttl.as_secs(),
+            groups: groups.to_vec(),
+            publish: publish.to_vec(),
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            iat: Some(now),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, key)
+            .map_err(|e| AuthError::BadKey(e.to_string()))
+    }
+
+    /// True when `presented` equals one of the configured API keys. Every
+    /// key is compared, in constant time, whatever the outcome.
+    pub fn check_api_key(&self, presented: &str) -> bool {
+        let presented = digest(presented);
+        self.api_key_digests
+            .iter()
+            .fold(subtle::Choice::from(0), |found, key| {
+                found | key.ct_eq(&presented)
+            })
+            .into()
+    }
+}
+
+fn digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hs() -> Authenticator {
+        Authenticator::new(
+            JwtAlgorithm::Hs256,
+            &JwtKey::Secret(b"s3cret".to_vec()),
+            None,
+            None,
+            &["k1".into(), "k2".into()],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn minted_tokens_verify() {
+        let a = hs();
+        let t = a
+            .mint("42", &["room-*".into()], &[], Duration::from_secs(60))
+            .unwrap();
+        let c = a.verify(&t).unwrap();
+        assert_eq!(&*c.uid, "42");
+        assert!(c.groups.allows("room-1"));
+        assert!(!c.groups.allows("other"));
+        assert!(!c.publish.allows("room-1"));
+    }
+
+    #[test]
+    fn patterns_match_names_and_prefixes() {
+        let p = Patterns::new(["a", "b-*"]);
+        assert!(p.allows("a") && p.allows("b-") && p.allows("b-x"));
+        assert!(!p.allows("ab") && !p.allows("b"));
+        assert!(Patterns::new(["*"]).allows("anything"));
+        assert!(!Patterns::default().allows("a"));
+    }
+
+    #[test]
+    fn api_keys_compare_exactly() {
+        let a = hs();
+        assert!(a.check_api_key("k1") && a.check_api_key("k2"));
+        assert!(!a.check_api_key("k") && !a.check_api_key("k12") && !a.check_api_key(""));
+    }
+
+    #[test]
+    fn numeric_subjects_become_uids() {
+        let key = EncodingKey::from_secret(b"s3cret");
+        let t = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &serde_json::json!({"sub": 42, "exp": unix_now() + 60}),
+            &key,
+        )
+        .unwrap();
+        assert_eq!(&*hs().verify(&t).unwrap().uid, "42");
+    }
+}

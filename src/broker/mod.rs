@@ -1,0 +1,116 @@
+//! The broker carries messages between nodes: a node subscribes to the
+//! channels its local sessions need and receives what anyone publishes to
+//! them. Implementations: [`memory::MemoryBroker`] (the default, one process)
+//! and, with the Redis issue, a Redis pub/sub broker.
+//!
+//! A broker never touches sessions: it pushes what it receives into the
+//! node through one bounded channel of [`BrokerEvent`]s, and the node fans
+//! out from there (Centrifugo's `BrokerEventHandler`).
+
+pub mod memory;
+
+use std::{future::Future, sync::Arc};
+
+use crate::protocol::{Channel, Publication};
+
+/// Capacity of the broker → node event channel.
+pub const EVENT_CHANNEL_CAPACITY: usize = 4096;
+
+/// What travels on a channel.
+#[derive(Debug, Clone)]
+pub enum Envelope {
+    /// A message for the channel's subscribers.
+    Publication(Arc<Publication>),
+    /// An instruction for the sessions of the uid whose `user:` channel carries it.
+    Command(Command),
+}
+
+/// Cluster-wide actions on one user's sessions, sent on `user:<uid>` so that
+/// exactly the nodes holding that user act on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Close every session of the user with `kicked`.
+    Disconnect,
+    /// Join every session of the user to the group.
+    Join(String),
+    /// Remove every session of the user from the group.
+    Leave(String),
+}
+
+/// One delivery from the broker to the node.
+#[derive(Debug, Clone)]
+pub struct BrokerEvent {
+    pub channel: Channel,
+    pub envelope: Envelope,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BrokerError {
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    #[error("broker is closed")]
+    Closed,
+}
+
+/// What every broker guarantees.
+pub trait Broker: Send + Sync + 'static {
+    /// Publishes `envelope` on `channel`, at most once, in per-channel
+    /// publish order. Returns how many nodes were subscribed (0 means no
+    /// node holds a subscriber right now).
+    fn publish(
+        &self,
+        channel: &Channel,
+        envelope: &Envelope,
+    ) -> impl Future<Output = Result<usize, BrokerError>> + Send;
+
+    /// Starts delivering `channels` to this node; resolves once deliveries
+    /// are guaranteed. Subscribing twice is harmless.
+    fn subscribe(
+        &self,
+        channels: &[Channel],
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send;
+
+    /// Stops delivering `channels` to this node. Unsubscribing a channel not
+    /// subscribed is harmless.
+    fn unsubscribe(
+        &self,
+        channels: &[Channel],
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send;
+
+    /// Drops every subscription and stops delivering. Idempotent.
+    fn close(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// The broker a node runs with, chosen once at startup. An enum rather
+/// than a type parameter keeps handlers and state non-generic (one
+/// monomorphisation, faster builds); dispatch stays static.
+#[derive(Debug, Clone)]
+pub enum AnyBroker {
+    Memory(memory::MemoryBroker),
+}
+
+impl Broker for AnyBroker {
+    async fn publish(&self, channel: &Channel, envelope: &Envelope) -> Result<usize, BrokerError> {
+        match self {
+            Self::Memory(b) => b.publish(channel, envelope).await,
+        }
+    }
+
+    async fn subscribe(&self, channels: &[Channel]) -> Result<(), BrokerError> {
+        match self {
+            Self::Memory(b) => b.subscribe(channels).await,
+        }
+    }
+
+    async fn unsubscribe(&self, channels: &[Channel]) -> Result<(), BrokerError> {
+        match self {
+            Self::Memory(b) => b.unsubscribe(channels).await,
+        }
+    }
+
+    async fn close(&self) {
+        match self {
+            Self::Memory(b) => b.close().await,
+        }
+    }
+}

@@ -1,0 +1,405 @@
+//! Command line and environment configuration.
+//!
+//! Every `serve` option is both a flag and a `FANOUT_*` environment variable
+//! (the `ENV_*` constants below; docs/configuration.md lists them all).
+//! clap parses and explains them; [`Config::validate`] checks what clap
+//! cannot (cross-field rules, missing secrets) and reports every problem at
+//! once. Tests build a `Config` with [`Config::default`] and change fields.
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::auth::{JwtAlgorithm, JwtKey};
+
+pub const ENV_LISTEN: &str = "FANOUT_LISTEN";
+pub const ENV_NODE_ID: &str = "FANOUT_NODE_ID";
+pub const ENV_DEV: &str = "FANOUT_DEV";
+pub const ENV_JWT_ALGORITHM: &str = "FANOUT_JWT_ALGORITHM";
+pub const ENV_JWT_SECRET: &str = "FANOUT_JWT_SECRET";
+pub const ENV_JWT_PUBLIC_KEY: &str = "FANOUT_JWT_PUBLIC_KEY";
+pub const ENV_JWT_ISSUER: &str = "FANOUT_JWT_ISSUER";
+pub const ENV_JWT_AUDIENCE: &str = "FANOUT_JWT_AUDIENCE";
+pub const ENV_API_KEYS: &str = "FANOUT_API_KEYS";
+pub const ENV_ALLOWED_ORIGINS: &str = "FANOUT_ALLOWED_ORIGINS";
+pub const ENV_AUTH_TIMEOUT: &str = "FANOUT_AUTH_TIMEOUT";
+pub const ENV_HEARTBEAT: &str = "FANOUT_HEARTBEAT";
+pub const ENV_IDLE_TIMEOUT: &str = "FANOUT_IDLE_TIMEOUT";
+pub const ENV_WRITE_TIMEOUT: &str = "FANOUT_WRITE_TIMEOUT";
+pub const ENV_OUTBOUND_QUEUE: &str = "FANOUT_OUTBOUND_QUEUE";
+pub const ENV_MAX_FRAME: &str = "FANOUT_MAX_FRAME";
+pub const ENV_MAX_GROUPS: &str = "FANOUT_MAX_GROUPS";
+pub const ENV_API_BODY_LIMIT: &str = "FANOUT_API_BODY_LIMIT";
+pub const ENV_API_TIMEOUT: &str = "FANOUT_API_TIMEOUT";
+pub const ENV_WS_READ_BUFFER: &str = "FANOUT_WS_READ_BUFFER";
+pub const ENV_WS_WRITE_BUFFER: &str = "FANOUT_WS_WRITE_BUFFER";
+pub const ENV_SHUTDOWN_GRACE: &str = "FANOUT_SHUTDOWN_GRACE";
+pub const ENV_LOG: &str = "FANOUT_LOG";
+pub const ENV_LOG_FORMAT: &str = "FANOUT_LOG_FORMAT";
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fanout",
+    version,
+    about = "A real-time push gateway: WebSocket clients, per-user/group/all delivery, an HTTP publish API",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Serve(Box<Config>),
+    /// Mint an HS256 client token with the configured secret (development and tests).
+    Token(TokenArgs),
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Everything `fanout serve` can be told.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address for WebSocket clients and the HTTP API.
+    #[arg(long, env = ENV_LISTEN, default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// This node's id, shown to clients in `welcome.node` and in logs. Default: random.
+    #[arg(long, env = ENV_NODE_ID)]
+    pub node_id: Option<String>,
+
+    /// Development mode: generate a JWT secret and an API key when none is set, allow any
+    /// Origin, and print a ready-to-use token, browser snippet and curl command.
+    #[arg(long, env = ENV_DEV)]
+    pub dev: bool,
+
+    /// JWT signature algorithm clients' tokens must use (the only one accepted).
+    #[arg(long, env = ENV_JWT_ALGORITHM, value_enum, default_value_t = JwtAlgorithm::Hs256)]
+    pub jwt_algorithm: JwtAlgorithm,
+
+    /// HS256 shared secret for client tokens.
+    #[arg(long, env = ENV_JWT_SECRET, hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// RS256/ES256 public key: a PEM file path, or the PEM text itself.
+    #[arg(long, env = ENV_JWT_PUBLIC_KEY)]
+    pub jwt_public_key: Option<String>,
+
+    /// Required `iss` claim, when set.
+    #[arg(long, env = ENV_JWT_ISSUER)]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` claim, when set.
+    #[arg(long, env = ENV_JWT_AUDIENCE)]
+    pub jwt_audience: Option<String>,
+
+    /// API keys for the backend HTTP API, comma-separated (several allow rotation).
+    #[arg(long, env = ENV_API_KEYS, value_delimiter = ',', hide_env_values = true)]
+    pub api_keys: Vec<String>,
+
+    /// Origins allowed to open /ws, comma-separated (`https://app.example.com`), or `*`
+    /// for any. Default: same-origin only. Requests without an Origin header always pass.
+    #[arg(long, env = ENV_ALLOWED_ORIGINS, value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// How long a client without `?token=` has to send its `auth` frame.
+    #[arg(long, env = ENV_AUTH_TIMEOUT, default_value = "10s", value_parser = parse_duration)]
+    pub auth_timeout: Duration,
+
+    /// Interval of server WebSocket pings (the first comes at a random point in
+    /// [interval/2, interval]).
+    #[arg(long, env = ENV_HEARTBEAT, default_value = "25s", value_parser = parse_duration)]
+    pub heartbeat: Duration,
+
+    /// A connection that sends nothing (not even a pong) for this long is closed with 3012.
+    #[arg(long, env = ENV_IDLE_TIMEOUT, default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// A write to a client that makes no progress for this long ends the connection.
+    #[arg(long, env = ENV_WRITE_TIMEOUT, default_value = "10s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
+
+    /// Bytes of frames queued for one client before it is cut off as a slow consumer
+    /// (accepts KiB/MiB suffixes).
+    #[arg(long, env = ENV_OUTBOUND_QUEUE, default_value = "1MiB", value_parser = parse_bytes)]
+    pub outbound_queue: u64,
+
+    /// Largest frame a client may send; bigger ones close the connection with 1009.
+    #[arg(long, env = ENV_MAX_FRAME, default_value = "64KiB", value_parser = parse_bytes)]
+    pub max_frame: u64,
+
+    /// Most groups one connection may be in.
+    #[arg(long, env = ENV_MAX_GROUPS, default_value_t = 256)]
+    pub max_groups: usize,
+
+    /// Largest HTTP API request body.
+    #[arg(long, env = ENV_API_BODY_LIMIT, default_value = "64KiB", value_parser = parse_bytes)]
+    pub api_body_limit: u64,
+
+    /// Longest an HTTP API request may take before it fails with 503.
+    #[arg(long, env = ENV_API_TIMEOUT, default_value = "10s", value_parser = parse_duration)]
+    pub api_timeout: Duration,
+
+    /// WebSocket read buffer per connection (tungstenite's default, 128 KiB, costs that
+    /// much memory per idle connection).
+    #[arg(long, env = ENV_WS_READ_BUFFER, default_value = "1KiB", value_parser = parse_bytes)]
+    pub ws_read_buffer: u64,
+
+    /// WebSocket write buffer per connection: frames are gathered up to this size
+    /// before a socket write.
+    #[arg(long, env = ENV_WS_WRITE_BUFFER, default_value = "4KiB", value_parser = parse_bytes)]
+    pub ws_write_buffer: u64,
+
+    /// How long shutdown waits for connections to close before exiting anyway.
+    #[arg(long, env = ENV_SHUTDOWN_GRACE, default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Log filter (`info`, `fanout=debug`, ...).
+    #[arg(long, env = ENV_LOG, default_value = "info")]
+    pub log: String,
+
+    /// Log format.
+    #[arg(long, env = ENV_LOG_FORMAT, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl Default for Config {
+    /// The documented defaults, without reading the environment.
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            node_id: None,
+            dev: false,
+            jwt_algorithm: JwtAlgorithm::Hs256,
+            jwt_secret: None,
+            jwt_public_key: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            api_keys: Vec::new(),
+            allowed_origins: Vec::new(),
+            auth_timeout: Duration::from_secs(10),
+            heartbeat: Duration::from_secs(25),
+            idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(10),
+            outbound_queue: MIB,
+            max_frame: 64 * KIB,
+            max_groups: 256,
+            api_body_limit: 64 * KIB,
+            api_timeout: Duration::from_secs(10),
+            ws_read_buffer: KIB,
+            ws_write_buffer: 4 * KIB,
+            shutdown_grace: Duration::from_secs(30),
+            log: "info".into(),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// `fanout token` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// The uid (`sub` claim).
+    #[arg(long)]
+    pub sub: String,
+    /// Groups the token may join: names or prefix patterns ending in `*`, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub groups: Vec<String>,
+    /// Groups the token may publish to, same syntax.
+    #[arg(long, value_delimiter = ',')]
+    pub publish: Vec<String>,
+    /// Lifetime (`exp` = now + ttl).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub ttl: Duration,
+    /// HS256 secret to sign with.
+    #[arg(long, env = ENV_JWT_SECRET, hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// `iss` claim to include.
+    #[arg(long, env = ENV_JWT_ISSUER)]
+    pub jwt_issuer: Option<String>,
+    /// `aud` claim to include.
+    #[arg(long, env = ENV_JWT_AUDIENCE)]
+    pub jwt_audience: Option<String>,
+}
+
+/// What is wrong with a configuration; `main` prints it and exits 64.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .problems.join("\n  - "))]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl Config {
+    /// Checks cross-field rules and required secrets, reporting every
+    /// problem at once. `--dev` must have filled in generated secrets first.
+    pub fn validate(self) -> Result<Self, ConfigError> {
+        let mut problems = Vec::new();
+        let mut need = |ok: bool, msg: String| {
+            if !ok {
+                problems.push(msg);
+            }
+        };
+        match self.jwt_algorithm {
+            JwtAlgorithm::Hs256 => need(
+                self.jwt_secret.as_ref().is_some_and(|s| !s.is_empty()),
+                format!(
+                    "{ENV_JWT_SECRET} (--jwt-secret) is required for HS256 tokens (or use --dev)"
+                ),
+            ),
+            alg => need(
+                self.jwt_public_key.is_some(),
+                format!("{ENV_JWT_PUBLIC_KEY} (--jwt-public-key) is required for {alg} tokens"),
+            ),
+        }
+        need(
+            self.api_keys.iter().any(|k| !k.is_empty()),
+            format!("{ENV_API_KEYS} (--api-keys) needs at least one API key (or use --dev)"),
+        );
+        need(
+            self.api_keys.iter().all(|k| k.len() >= 16 || self.dev),
+            format!("{ENV_API_KEYS}: API keys must be at least 16 characters"),
+        );
+        for (name, d) in [
+            (ENV_AUTH_TIMEOUT, self.auth_timeout),
+            (ENV_HEARTBEAT, self.heartbeat),
+            (ENV_IDLE_TIMEOUT, self.idle_timeout),
+            (ENV_WRITE_TIMEOUT, self.write_timeout),
+            (ENV_API_TIMEOUT, self.api_timeout),
+        ] {
+            need(!d.is_zero(), format!("{name} must be longer than 0s"));
+        }
+        need(
+            self.heartbeat < self.idle_timeout,
+            format!(
+                "{ENV_HEARTBEAT} must be shorter than {ENV_IDLE_TIMEOUT}, or idle clients that answer pings are cut off"
+            ),
+        );
+        need(
+            self.outbound_queue >= 4 * KIB,
+            format!("{ENV_OUTBOUND_QUEUE} must be at least 4KiB"),
+        );
+        need(
+            (256..=16 * MIB).contains(&self.max_frame),
+            format!("{ENV_MAX_FRAME} must be between 256 bytes and 16MiB"),
+        );
+        need(
+            self.api_body_limit >= KIB,
+            format!("{ENV_API_BODY_LIMIT} must be at least 1KiB"),
+        );
+        need(
+            (256..=MIB).contains(&self.ws_read_buffer),
+            format!("{ENV_WS_READ_BUFFER} must be between 256 bytes and 1MiB"),
+        );
+        need(
+            self.ws_write_buffer <= MIB,
+            format!("{ENV_WS_WRITE_BUFFER} must be at most 1MiB"),
+        );
+        need(
+            self.max_groups > 0,
+            format!("{ENV_MAX_GROUPS} must be at least 1"),
+        );
+        if let Some(id) = &self.node_id {
+            need(
+                crate::protocol::is_valid_name(id),
+                format!("{ENV_NODE_ID} must be 1-128 characters of A-Za-z0-9_.:@=+/-"),
+            );
+        }
+        if problems.is_empty() {
+            Ok(self)
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    /// The key that verifies client tokens, as configured.
+    pub fn jwt_key(&self) -> Result<JwtKey, ConfigError> {
+        let fail = |msg: String| ConfigError {
+            problems: vec![msg],
+        };
+        match self.jwt_algorithm {
+            JwtAlgorithm::Hs256 => Ok(JwtKey::Secret(
+                self.jwt_secret.clone().unwrap_or_default().into_bytes(),
+            )),
+            _ => {
+                let v = self.jwt_public_key.clone().unwrap_or_default();
+                if v.trim_start().starts_with("-----BEGIN") {
+                    Ok(JwtKey::PublicPem(v.into_bytes()))
+                } else {
+                    std::fs::read(Path::new(&v))
+                        .map(JwtKey::PublicPem)
+                        .map_err(|e| fail(format!("{ENV_JWT_PUBLIC_KEY}: cannot read {v}: {e}")))
+                }
+            }
+        }
+    }
+
+    /// True when `allowed_origins` contains `*`.
+    pub fn any_origin(&self) -> bool {
+        self.allowed_origins.iter().any(|o| o.trim() == "*")
+    }
+}
+
+/// Parses humantime durations: `30s`, `1m 30s`, `250ms`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("`{s}` is not a duration like 30s: {e}"))
+}
+
+/// Parses byte sizes: `65536`, `64KiB`, `1MiB` (also `KB`/`MB`, read as binary units).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size like 65536, 64KiB or 1MiB"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => KIB,
+        "m" | "mb" | "mib" => MIB,
+        _ => return Err(format!("`{s}`: unknown unit, use KiB or MiB")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{s}` is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_flags() {
+        // Parse with no flags; FANOUT_* variables must not be set for this test.
+        let cli = Cli::try_parse_from(["fanout", "serve"]).unwrap();
+        let Command::Serve(parsed) = cli.command else {
+            panic!("not serve")
+        };
+        let d = Config::default();
+        assert_eq!(format!("{parsed:?}"), format!("{d:?}"));
+    }
+
+    #[test]
+    fn sizes_and_durations_parse() {
+        assert_eq!(parse_bytes("64KiB"), Ok(65536));
+        assert_eq!(parse_bytes("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_bytes("100"), Ok(100));
+        assert!(parse_bytes("1GiB").is_err() && parse_bytes("x").is_err());
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn missing_secrets_are_named() {
+        let err = Config::default().validate().unwrap_err().to_string();
+        assert!(err.contains(ENV_JWT_SECRET), "{err}");
+        assert!(err.contains(ENV_API_KEYS), "{err}");
+    }
+}

@@ -1,0 +1,588 @@
+//! The WebSocket transport: `GET /ws`.
+//!
+//! The handler checks the Origin and a `?token=` before upgrading. Each
+//! connection then runs as one task that owns the socket and `select!`s
+//! over: frames from the client, the session's outbound queue, and one
+//! timer (next heartbeat, idle deadline or token expiry, whichever is
+//! first). One task and one timer per connection keep the footprint small;
+//! the writer takes everything queued, feeds it into the socket and
+//! flushes once.
+
+use std::time::Duration;
+
+use axum::{
+    extract::{
+        Query, State, WebSocketUpgrade,
+        rejection::QueryRejection,
+        ws::{CloseFrame, Message, Utf8Bytes, WebSocket, rejection::WebSocketUpgradeRejection},
+    },
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use futures_util::SinkExt;
+use serde::Deserialize;
+use tokio::time::{Instant, sleep_until, timeout};
+
+use crate::{
+    api::error::ApiError,
+    auth::{AuthError, Credentials},
+    node::{NodeError, Targets, jitter_ms, unix_ms},
+    protocol::{
+        self, ClientFrame, CloseReason, ErrorCode, FrameError, Welcome, parse_client_frame,
+    },
+    session::Session,
+    state::AppState,
+};
+
+/// Consecutive bad frames tolerated before the connection is closed 3501.
+pub const MAX_BAD_FRAMES: u32 = 16;
+
+/// Longest wait for the client's close reply after our close frame.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Deserialize)]
+pub struct WsQuery {
+    token: Option<String>,
+}
+
+/// `GET /ws`: checks Origin and `?token=`, then upgrades.
+pub async fn handler(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<WsQuery>, QueryRejection>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    if state.shutdown.is_triggered() {
+        return ApiError::shutting_down().into_response();
+    }
+    if !origin_allowed(&state, &headers) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            "this Origin may not open WebSocket connections (see --allowed-origins)",
+        )
+        .into_response();
+    }
+    let upgrade = match upgrade {
+        Ok(u) => u,
+        Err(rejection) => {
+            return ApiError::new(
+                rejection.status(),
+                "websocket_required",
+                rejection.body_text(),
+            )
+            .into_response();
+        }
+    };
+    let token = match query {
+        Ok(Query(q)) => q.token,
+        Err(rejection) => {
+            return ApiError::bad_request("invalid_query", rejection.body_text()).into_response();
+        }
+    };
+    let creds = match token.map(|t| state.auth.verify(&t)) {
+        None => None,
+        Some(Ok(creds)) => Some(creds),
+        Some(Err(e)) => {
+            let code = match e {
+                AuthError::Expired => "token_expired",
+                _ => "invalid_token",
+            };
+            return ApiError::unauthorized(code, e.to_string()).into_response();
+        }
+    };
+    let cfg = &state.cfg;
+    let tracker = state.shutdown.tracker().clone();
+    upgrade
+        .read_buffer_size(cfg.ws_read_buffer as usize)
+        .write_buffer_size(cfg.ws_write_buffer as usize)
+        .max_write_buffer_size(
+            (cfg.outbound_queue as usize).saturating_mul(2) + cfg.max_frame as usize,
+        )
+        .max_message_size(cfg.max_frame as usize)
+        .max_frame_size(cfg.max_frame as usize)
+        .on_upgrade(move |socket| tracker.track_future(run(socket, state, creds)))
+}
+
+/// Browsers always send Origin; other clients may not and are let through.
+fn origin_allowed(state: &AppState, headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let cfg = &state.cfg;
+    if cfg.dev || cfg.any_origin() {
+        return true;
+    }
+    let listed = cfg
+        .allowed_origins
+        .iter()
+        .any(|o| o.trim().trim_end_matches('/').eq_ignore_ascii_case(origin));
+    let same = match (
+        origin.split_once("://"),
+        headers.get(header::HOST).and_then(|h| h.to_str().ok()),
+    ) {
+        (Some((_, origin_host)), Some(host)) => origin_host.eq_ignore_ascii_case(host),
+        _ => false,
+    };
+    listed || same
+}
+
+/// One connection, from upgrade to close.
+async fn run(mut socket: WebSocket, state: AppState, creds: Option<Credentials>) {
+    let creds = match creds {
+        Some(c) => c,
+        None => match authenticate(&mut socket, &state).await {
+            Ok(c) => c,
+            Err(reason) => {
+                finish(&mut socket, reason, state.cfg.write_timeout).await;
+                return;
+            }
+        },
+    };
+    let session = match state.node.connect(creds.uid.clone()).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(uid = %creds.uid, error = %e, "cannot register connection");
+            let _ = socket
+                .send(text(protocol::error_frame(
+                    None,
+                    ErrorCode::BrokerUnavailable,
+                    "the message broker is unavailable; reconnect later",
+                )))
+                .await;
+            let reason = CloseReason::Unavailable {
+                retry_after_ms: jitter_ms(1_000, 5_000),
+            };
+            finish(&mut socket, reason, state.cfg.write_timeout).await;
+            return;
+        }
+    };
+    let mut conn = Conn::new(socket, state, creds, session);
+    let reason = conn.serve().await;
+    if let Some(reason) = reason {
+        finish(&mut conn.socket, reason, conn.state.cfg.write_timeout).await;
+    }
+    conn.state.node.disconnect(&conn.session).await;
+}
+
+/// Waits for the `auth` frame of a client that had no `?token=`.
+async fn authenticate(
+    socket: &mut WebSocket,
+    state: &AppState,
+) -> Result<Credentials, CloseReason> {
+    let deadline = Instant::now() + state.cfg.auth_timeout;
+    let fail = |code: ErrorCode, message: String| {
+        (
+            FrameError::new(None, code, message),
+            CloseReason::Unauthorized,
+        )
+    };
+    let (error, reason) = loop {
+        let msg = tokio::select! {
+            () = state.shutdown.token().cancelled() => {
+                return Err(CloseReason::Shutdown { retry_after_ms: jitter_ms(0, 5_000) });
+            }
+            () = sleep_until(deadline) => break fail(
+                ErrorCode::AuthTimeout,
+                format!("no auth frame within {}", humantime::format_duration(state.cfg.auth_timeout)),
+            ),
+            msg = socket.recv() => msg,
+        };
+        match msg {
+            None => return Err(CloseReason::Unauthorized),
+            Some(Err(e)) => match read_error_reason(&e) {
+                Some(reason) => break (too_big_error(), reason),
+                None => return Err(CloseReason::Unauthorized),
+            },
+            Some(Ok(Message::Text(t))) => match parse_client_frame(&t) {
+                Ok(ClientFrame::Auth { token }) => match state.auth.verify(&token) {
+                    Ok(creds) => return Ok(creds),
+                    Err(e) => break fail(auth_error_code(&e), e.to_string()),
+                },
+                Ok(_) => {
+                    break fail(
+                        ErrorCode::AuthRequired,
+                        "the first frame must be {\"type\":\"auth\",\"token\":\"...\"}".into(),
+                    );
+                }
+                Err(e) => break (e, CloseReason::Unauthorized),
+            },
+            Some(Ok(Message::Binary(_))) => {
+                break fail(
+                    ErrorCode::BinaryNotSupported,
+                    "frames are JSON text; binary frames are not supported".into(),
+                );
+            }
+            Some(Ok(Message::Close(_))) => return Err(CloseReason::Unauthorized),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+        }
+    };
+    let _ = timeout(state.cfg.write_timeout, socket.send(text(error.frame()))).await;
+    Err(reason)
+}
+
+fn auth_error_code(e: &AuthError) -> ErrorCode {
+    match e {
+        AuthError::Expired => ErrorCode::TokenExpired,
+        _ => ErrorCode::InvalidToken,
+    }
+}
+
+fn too_big_error() -> FrameError {
+    FrameError::new(
+        None,
+        ErrorCode::MessageTooBig,
+        "frame is over the size limit",
+    )
+}
+
+/// Maps a read error to a close we can still send, or `None` when the
+/// connection is simply gone.
+fn read_error_reason(e: &axum::Error) -> Option<CloseReason> {
+    use tungstenite::Error as WsError;
+    let inner = e.source_ws()?;
+    match inner {
+        WsError::Capacity(_) => Some(CloseReason::MessageTooBig),
+        WsError::Protocol(_) | WsError::Utf8(_) => Some(CloseReason::ProtocolViolation),
+        _ => None,
+    }
+}
+
+trait SourceWs {
+    fn source_ws(&self) -> Option<&tungstenite::Error>;
+}
+
+impl SourceWs for axum::Error {
+    fn source_ws(&self) -> Option<&tungstenite::Error> {
+        std::error::Error::source(self).and_then(|s| s.downcast_ref::<tungstenite::Error>())
+    }
+}
+
+fn text(s: String) -> Message {
+    Message::Text(Utf8Bytes::from(s))
+}
+
+/// Sends `bye` and the close frame, then waits briefly for the client's
+/// close reply so the closing handshake completes.
+async fn finish(socket: &mut WebSocket, reason: CloseReason, write_timeout: Duration) {
+    let close = async {
+        if reason != CloseReason::WriteError {
+            socket.feed(text(reason.bye_frame())).await?;
+        }
+        socket
+            .send(Message::Close(Some(CloseFrame {
+                code: reason.code(),
+                reason: Utf8Bytes::from(reason.as_str()),
+            })))
+            .await
+    };
+    if let Ok(Ok(())) = timeout(write_timeout, close).await {
+        let _ = timeout(CLOSE_LINGER, async {
+            while let Some(Ok(_)) = socket.recv().await {}
+        })
+        .await;
+    }
+}
+
+/// A registered, authenticated connection.
+struct Conn {
+    socket: WebSocket,
+    state: AppState,
+    creds: Credentials,
+    session: Session,
+    last_recv: Instant,
+    next_ping: Instant,
+    /// Bad frames in a row; reset by a good one.
+    bad_frames: u32,
+}
+
+impl Conn {
+    fn new(socket: WebSocket, state: AppState, creds: Credentials, session: Session) -> Self {
+        let now = Instant::now();
+        let hb = state.cfg.heartbeat.as_millis() as u64;
+        // The first ping lands anywhere in [hb/2, hb) so a reconnect storm
+        // does not ping in lockstep ever after.
+        let next_ping = now + Duration::from_millis(jitter_ms(hb / 2, hb));
+        Self {
+            socket,
+            state,
+            creds,
+            session,
+            last_recv: now,
+            next_ping,
+            bad_frames: 0,
+        }
+    }
+
+    fn expiry(&self) -> Instant {
+        let left_ms = (self.creds.exp * 1000).saturating_sub(unix_ms());
+        Instant::now() + Duration::from_millis(left_ms)
+    }
+
+    /// Runs until the connection must end: `Some(reason)` to send a close,
+    /// `None` when the client is gone or already closed.
+    async fn serve(&mut self) -> Option<CloseReason> {
+        let welcome = protocol::welcome_frame(&Welcome {
+            conn: &format!("{}-{}", self.state.node.id(), self.session.id()),
+            uid: &self.creds.uid,
+            node: self.state.node.id(),
+            exp: self.creds.exp,
+            heartbeat: self.state.cfg.heartbeat.as_secs(),
+        });
+        if self.write_with_timeout(vec![text(welcome)]).await.is_err() {
+            return None;
+        }
+        if self.state.shutdown.is_triggered() {
+            return Some(CloseReason::Shutdown {
+                retry_after_ms: jitter_ms(0, 5_000),
+            });
+        }
+        let mut expiry = self.expiry();
+        loop {
+            let idle_at = self.last_recv + self.state.cfg.idle_timeout;
+            let wake_at = self.next_ping.min(idle_at).min(expiry);
+            let outcome = tokio::select! {
+                () = self.session.woken() => self.flush_queue().await,
+                msg = self.socket.recv() => self.on_message(msg).await,
+                () = sleep_until(wake_at) => self.on_timer(idle_at, expiry).await,
+            };
+            match outcome {
+                Step::Continue => {}
+                Step::Refreshed => expiry = self.expiry(),
+                Step::Close(reason) => return Some(reason),
+                Step::Gone => return None,
+            }
+        }
+    }
+
+    /// Writes everything queued; repeats until the queue is empty because
+    /// pushes that arrive during a write may share its wake-up.
+    async fn flush_queue(&mut self) -> Step {
+        loop {
+            let batch = self.session.take();
+            if batch.frames.is_empty() {
+                return batch.close.map_or(Step::Continue, Step::Close);
+            }
+            let frames = batch.frames.into_iter().map(Message::Text).collect();
+            if let Err(step) = self.write_with_timeout(frames).await {
+                return step;
+            }
+            if let Some(reason) = batch.close {
+                return Step::Close(reason);
+            }
+        }
+    }
+
+    /// Feeds `frames` and flushes once. Gives up when the write makes no
+    /// progress within the write timeout, or when the session is closed
+    /// meanwhile (a slow consumer is not waited for).
+    async fn write_with_timeout(&mut self, frames: Vec<Message>) -> Result<(), Step> {
+        let write_timeout = self.state.cfg.write_timeout;
+        let session = self.session.clone();
+        let socket = &mut self.socket;
+        let write = async {
+            for f in frames {
+                socket.feed(f).await?;
+            }
+            socket.flush().await
+        };
+        let closed = async {
+            loop {
+                session.woken().await;
+                if session.is_closing() {
+                    break;
+                }
+            }
+        };
+        tokio::select! {
+            r = timeout(write_timeout, write) => match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => {
+                    tracing::debug!(conn = self.session.id(), error = %e, "write failed");
+                    Err(Step::Gone)
+                }
+                Err(_) => {
+                    tracing::debug!(conn = self.session.id(), "write timed out");
+                    Err(Step::Close(CloseReason::WriteError))
+                }
+            },
+            () = closed => Err(match self.session.take().close {
+                Some(reason) => Step::Close(reason),
+                None => Step::Continue,
+            }),
+        }
+    }
+
+    async fn on_timer(&mut self, idle_at: Instant, expiry: Instant) -> Step {
+        let now = Instant::now();
+        if now >= expiry {
+            return Step::Close(CloseReason::TokenExpired);
+        }
+        if now >= idle_at {
+            return Step::Close(CloseReason::IdleTimeout);
+        }
+        if now >= self.next_ping {
+            self.next_ping = now + self.state.cfg.heartbeat;
+            if let Err(step) = self
+                .write_with_timeout(vec![Message::Ping(Default::default())])
+                .await
+            {
+                return step;
+            }
+        }
+        Step::Continue
+    }
+
+    async fn on_message(&mut self, msg: Option<Result<Message, axum::Error>>) -> Step {
+        self.last_recv = Instant::now();
+        let text = match msg {
+            None | Some(Ok(Message::Close(_))) => return Step::Gone,
+            Some(Err(e)) => {
+                return match read_error_reason(&e) {
+                    Some(reason) => {
+                        if reason == CloseReason::MessageTooBig {
+                            self.reply(too_big_error().frame());
+                            let _ = self.flush_queue().await;
+                        }
+                        Step::Close(reason)
+                    }
+                    None => {
+                        tracing::debug!(conn = self.session.id(), error = %e, "read failed");
+                        Step::Gone
+                    }
+                };
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Step::Continue,
+            Some(Ok(Message::Binary(_))) => {
+                return self.bad_frame(&FrameError::new(
+                    None,
+                    ErrorCode::BinaryNotSupported,
+                    "frames are JSON text; binary frames are not supported",
+                ));
+            }
+            Some(Ok(Message::Text(t))) => t,
+        };
+        match parse_client_frame(&text) {
+            Ok(frame) => match self.on_frame(frame).await {
+                Ok(step) => {
+                    self.bad_frames = 0;
+                    step
+                }
+                Err(e) => self.bad_frame(&e),
+            },
+            Err(e) => self.bad_frame(&e),
+        }
+    }
+
+    fn bad_frame(&mut self, e: &FrameError) -> Step {
+        self.bad_frames += 1;
+        if self.bad_frames > MAX_BAD_FRAMES {
+            self.reply(protocol::error_frame(
+                e.id,
+                ErrorCode::TooManyErrors,
+                "too many bad frames in a row",
+            ));
+            return Step::Close(CloseReason::ProtocolViolation);
+        }
+        self.reply(e.frame());
+        Step::Continue
+    }
+
+    fn reply(&self, frame: String) {
+        // Replies share the queue (and its order) with messages; a full
+        // queue means the session is already closing as a slow consumer.
+        let _ = self.session.push(&Utf8Bytes::from(frame));
+    }
+
+    async fn on_frame(&mut self, frame: ClientFrame) -> Result<Step, FrameError> {
+        let node = &self.state.node;
+        match frame {
+            ClientFrame::Ping { id } => self.reply(protocol::pong_frame(id)),
+            ClientFrame::Auth { .. } => {
+                return Err(FrameError::new(
+                    None,
+                    ErrorCode::AlreadyAuthenticated,
+                    "already authenticated; use `refresh` to extend the session",
+                ));
+            }
+            ClientFrame::Join { id, group } => {
+                if !self.creds.groups.allows(&group) {
+                    return Err(FrameError::new(
+                        id,
+                        ErrorCode::Forbidden,
+                        format!("the token does not allow joining `{group}`"),
+                    ));
+                }
+                node.join(&self.session, &group)
+                    .await
+                    .map_err(|e| node_error(id, &e))?;
+                self.reply(protocol::joined_frame(id, &group));
+            }
+            ClientFrame::Leave { id, group } => {
+                node.leave(&self.session, &group).await;
+                self.reply(protocol::left_frame(id, &group));
+            }
+            ClientFrame::Publish {
+                id,
+                group,
+                event,
+                data,
+            } => {
+                if !self.creds.publish.allows(&group) {
+                    return Err(FrameError::new(
+                        id,
+                        ErrorCode::Forbidden,
+                        format!("the token does not allow publishing to `{group}`"),
+                    ));
+                }
+                let publication = node.publication(event, data, Some(self.creds.uid.to_string()));
+                let targets = Targets {
+                    groups: vec![group],
+                    ..Targets::default()
+                };
+                node.publish(&targets, publication)
+                    .await
+                    .map_err(|e| node_error(id, &e))?;
+                self.reply(protocol::ack_frame(id));
+            }
+            ClientFrame::Refresh { id, token } => {
+                let creds = self
+                    .state
+                    .auth
+                    .verify(&token)
+                    .map_err(|e| FrameError::new(id, auth_error_code(&e), e.to_string()))?;
+                if creds.uid != self.creds.uid {
+                    return Err(FrameError::new(
+                        id,
+                        ErrorCode::SubMismatch,
+                        "a refresh token must have the same `sub` as the connection",
+                    ));
+                }
+                self.reply(protocol::refreshed_frame(id, creds.exp));
+                self.creds = creds;
+                return Ok(Step::Refreshed);
+            }
+        }
+        Ok(Step::Continue)
+    }
+}
+
+fn node_error(id: Option<i64>, e: &NodeError) -> FrameError {
+    let code = match e {
+        NodeError::TooManyGroups(_) => ErrorCode::TooManyGroups,
+        NodeError::Broker(_) | NodeError::Closed => ErrorCode::BrokerUnavailable,
+    };
+    FrameError::new(id, code, e.to_string())
+}
+
+/// What the connection loop does next.
+enum Step {
+    Continue,
+    /// The token was replaced: recompute the expiry deadline.
+    Refreshed,
+    Close(CloseReason),
+    Gone,
+}
