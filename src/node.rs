@@ -269,7 +269,12 @@ impl Node {
     }
 
     async fn unsubscribe(&self, channel: Channel) {
-        if let Err(e) = self.inner.broker.unsubscribe(std::slice::from_ref(&channel)).await {
+        if let Err(e) = self
+            .inner
+            .broker
+            .unsubscribe(std::slice::from_ref(&channel))
+            .await
+        {
             // The broker drops subscriptions of a lost connection anyway;
             // a stale one costs deliveries nobody receives, not correctness.
             tracing::warn!(%channel, error = %e, "unsubscribe failed");

@@ -19,7 +19,7 @@ use axum::{
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use futures_util::SinkExt;
+use futures_util::{SinkExt, stream::FusedStream};
 use serde::Deserialize;
 use tokio::time::{Instant, sleep_until, timeout};
 
@@ -39,6 +39,11 @@ pub const MAX_BAD_FRAMES: u32 = 16;
 
 /// Longest wait for the client's close reply after our close frame.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// tungstenite's own limit is this many times `max_frame`: frames between
+/// the two are read whole and refused by us with a clean 1009 close;
+/// tungstenite aborts beyond it, which leaves unread input (see `finish`).
+const HARD_FRAME_FACTOR: usize = 4;
 
 #[derive(Debug, Deserialize)]
 pub struct WsQuery {
@@ -99,8 +104,8 @@ pub async fn handler(
         .max_write_buffer_size(
             (cfg.outbound_queue as usize).saturating_mul(2) + cfg.max_frame as usize,
         )
-        .max_message_size(cfg.max_frame as usize)
-        .max_frame_size(cfg.max_frame as usize)
+        .max_message_size((cfg.max_frame as usize).saturating_mul(HARD_FRAME_FACTOR))
+        .max_frame_size((cfg.max_frame as usize).saturating_mul(HARD_FRAME_FACTOR))
         .on_upgrade(move |socket| tracker.track_future(run(socket, state, creds)))
 }
 
@@ -161,9 +166,13 @@ async fn run(mut socket: WebSocket, state: AppState, creds: Option<Credentials>)
         }
     };
     let mut conn = Conn::new(socket, state, creds, session);
-    let reason = conn.serve().await;
-    if let Some(reason) = reason {
-        finish(&mut conn.socket, reason, conn.state.cfg.write_timeout).await;
+    let write_timeout = conn.state.cfg.write_timeout;
+    match conn.serve().await {
+        Some(reason) => finish(&mut conn.socket, reason, write_timeout).await,
+        // The client closed: send the close reply tungstenite has queued.
+        None => {
+            let _ = timeout(write_timeout, conn.socket.flush()).await;
+        }
     }
     conn.state.node.disconnect(&conn.session).await;
 }
@@ -197,6 +206,9 @@ async fn authenticate(
                 Some(reason) => break (too_big_error(), reason),
                 None => return Err(CloseReason::Unauthorized),
             },
+            Some(Ok(Message::Text(t))) if t.len() > state.cfg.max_frame as usize => {
+                break (too_big_error(), CloseReason::MessageTooBig);
+            }
             Some(Ok(Message::Text(t))) => match parse_client_frame(&t) {
                 Ok(ClientFrame::Auth { token }) => match state.auth.verify(&token) {
                     Ok(creds) => return Ok(creds),
@@ -266,7 +278,10 @@ fn text(s: String) -> Message {
 }
 
 /// Sends `bye` and the close frame, then waits briefly for the client's
-/// close reply so the closing handshake completes.
+/// close reply so the closing handshake completes. When tungstenite has
+/// already given up reading (an over-limit frame), input is left unread and
+/// dropping the socket would send a TCP reset that can destroy our close
+/// frame before the client reads it, so the linger then simply waits.
 async fn finish(socket: &mut WebSocket, reason: CloseReason, write_timeout: Duration) {
     let close = async {
         if reason != CloseReason::WriteError {
@@ -282,6 +297,9 @@ async fn finish(socket: &mut WebSocket, reason: CloseReason, write_timeout: Dura
     if let Ok(Ok(())) = timeout(write_timeout, close).await {
         let _ = timeout(CLOSE_LINGER, async {
             while let Some(Ok(_)) = socket.recv().await {}
+            if socket.is_terminated() {
+                std::future::pending::<()>().await;
+            }
         })
         .await;
     }
@@ -332,7 +350,11 @@ impl Conn {
             exp: self.creds.exp,
             heartbeat: self.state.cfg.heartbeat.as_secs(),
         });
-        if self.write_with_timeout(vec![text(welcome)]).await.is_err() {
+        if self
+            .write_with_timeout(vec![text(welcome)], true)
+            .await
+            .is_err()
+        {
             return None;
         }
         if self.state.shutdown.is_triggered() {
@@ -345,29 +367,48 @@ impl Conn {
             let idle_at = self.last_recv + self.state.cfg.idle_timeout;
             let wake_at = self.next_ping.min(idle_at).min(expiry);
             let outcome = tokio::select! {
-                () = self.session.woken() => self.flush_queue().await,
+                () = self.session.woken() => self.flush_queue(true).await,
                 msg = self.socket.recv() => self.on_message(msg).await,
                 () = sleep_until(wake_at) => self.on_timer(idle_at, expiry).await,
             };
             match outcome {
                 Step::Continue => {}
                 Step::Refreshed => expiry = self.expiry(),
-                Step::Close(reason) => return Some(reason),
+                Step::Close(reason) => return Some(self.before_close(reason).await),
                 Step::Gone => return None,
             }
         }
     }
 
+    /// Sends what is still queued (replies such as the error that caused
+    /// the close) unless the client cannot take it. Returns the reason to
+    /// close with, which the queue may have replaced (a slow consumer).
+    async fn before_close(&mut self, reason: CloseReason) -> CloseReason {
+        if matches!(
+            reason,
+            CloseReason::SlowConsumer { .. } | CloseReason::WriteError
+        ) {
+            return reason;
+        }
+        self.session.close(reason);
+        match self.flush_queue(false).await {
+            Step::Close(r) => r,
+            _ => reason,
+        }
+    }
+
     /// Writes everything queued; repeats until the queue is empty because
-    /// pushes that arrive during a write may share its wake-up.
-    async fn flush_queue(&mut self) -> Step {
+    /// pushes that arrive during a write may share its wake-up. With
+    /// `abort_on_close`, a close requested meanwhile (a slow consumer) stops
+    /// the write.
+    async fn flush_queue(&mut self, abort_on_close: bool) -> Step {
         loop {
             let batch = self.session.take();
             if batch.frames.is_empty() {
                 return batch.close.map_or(Step::Continue, Step::Close);
             }
             let frames = batch.frames.into_iter().map(Message::Text).collect();
-            if let Err(step) = self.write_with_timeout(frames).await {
+            if let Err(step) = self.write_with_timeout(frames, abort_on_close).await {
                 return step;
             }
             if let Some(reason) = batch.close {
@@ -379,7 +420,11 @@ impl Conn {
     /// Feeds `frames` and flushes once. Gives up when the write makes no
     /// progress within the write timeout, or when the session is closed
     /// meanwhile (a slow consumer is not waited for).
-    async fn write_with_timeout(&mut self, frames: Vec<Message>) -> Result<(), Step> {
+    async fn write_with_timeout(
+        &mut self,
+        frames: Vec<Message>,
+        abort_on_close: bool,
+    ) -> Result<(), Step> {
         let write_timeout = self.state.cfg.write_timeout;
         let session = self.session.clone();
         let socket = &mut self.socket;
@@ -390,6 +435,9 @@ impl Conn {
             socket.flush().await
         };
         let closed = async {
+            if !abort_on_close {
+                std::future::pending::<()>().await;
+            }
             loop {
                 session.woken().await;
                 if session.is_closing() {
@@ -427,7 +475,7 @@ impl Conn {
         if now >= self.next_ping {
             self.next_ping = now + self.state.cfg.heartbeat;
             if let Err(step) = self
-                .write_with_timeout(vec![Message::Ping(Default::default())])
+                .write_with_timeout(vec![Message::Ping(Default::default())], true)
                 .await
             {
                 return step;
@@ -445,7 +493,6 @@ impl Conn {
                     Some(reason) => {
                         if reason == CloseReason::MessageTooBig {
                             self.reply(too_big_error().frame());
-                            let _ = self.flush_queue().await;
                         }
                         Step::Close(reason)
                     }
@@ -456,12 +503,20 @@ impl Conn {
                 };
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Step::Continue,
+            Some(Ok(Message::Binary(b))) if b.len() > self.state.cfg.max_frame as usize => {
+                self.reply(too_big_error().frame());
+                return Step::Close(CloseReason::MessageTooBig);
+            }
             Some(Ok(Message::Binary(_))) => {
                 return self.bad_frame(&FrameError::new(
                     None,
                     ErrorCode::BinaryNotSupported,
                     "frames are JSON text; binary frames are not supported",
                 ));
+            }
+            Some(Ok(Message::Text(t))) if t.len() > self.state.cfg.max_frame as usize => {
+                self.reply(too_big_error().frame());
+                return Step::Close(CloseReason::MessageTooBig);
             }
             Some(Ok(Message::Text(t))) => t,
         };

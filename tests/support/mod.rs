@@ -1,0 +1,367 @@
+//! Shared helpers for integration tests: a real gateway on a free port, real
+//! WebSocket clients, an HTTP client for the API, and `assert_eventually!`.
+//!
+//! Waits are bounded by a patience (default 10 s, `FANOUT_TEST_PATIENCE_MS`)
+//! that only turns a hang into a failure; no test depends on how fast
+//! something happens.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::{net::SocketAddr, time::Duration};
+
+use fanout::{
+    app::{self, App},
+    auth::{Authenticator, JwtAlgorithm, JwtKey},
+    config::Config,
+    shutdown::Shutdown,
+};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream, connect_async,
+    tungstenite::{
+        self, Message,
+        client::IntoClientRequest,
+        protocol::{CloseFrame, frame::coding::CloseCode},
+    },
+};
+
+pub const SECRET: &str = "integration-test-secret";
+pub const API_KEY: &str = "integration-test-api-key-1";
+pub const API_KEY_2: &str = "integration-test-api-key-2";
+
+pub fn patience() -> Duration {
+    let ms = std::env::var("FANOUT_TEST_PATIENCE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    Duration::from_millis(ms)
+}
+
+/// Retries `$cond` until it holds or the patience runs out.
+#[macro_export]
+macro_rules! assert_eventually {
+    ($cond:expr $(, $($msg:tt)+)?) => {{
+        let deadline = std::time::Instant::now() + $crate::support::patience();
+        loop {
+            if $cond {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!(concat!("condition never held: ", stringify!($cond)) $(, $($msg)+)?);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }};
+}
+
+/// A test configuration: free port, known secret and API keys.
+pub fn config() -> Config {
+    Config {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        node_id: Some("test-node".into()),
+        jwt_secret: Some(SECRET.into()),
+        api_keys: vec![API_KEY.into(), API_KEY_2.into()],
+        log: "warn".into(),
+        ..Config::default()
+    }
+}
+
+pub struct TestServer {
+    app: Option<App>,
+    pub addr: SocketAddr,
+    shutdown: Shutdown,
+    auth: Authenticator,
+    http: reqwest::Client,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::with(|_| {}).await
+    }
+
+    pub async fn with(change: impl FnOnce(&mut Config)) -> Self {
+        let mut cfg = config();
+        change(&mut cfg);
+        let cfg = cfg.validate().expect("test config is valid");
+        let shutdown = Shutdown::new();
+        let app = app::spawn(cfg.clone(), shutdown.clone())
+            .await
+            .expect("server starts");
+        let auth = Authenticator::new(
+            JwtAlgorithm::Hs256,
+            &JwtKey::Secret(SECRET.as_bytes().to_vec()),
+            cfg.jwt_issuer.clone(),
+            cfg.jwt_audience.clone(),
+            &[],
+        )
+        .unwrap();
+        Self {
+            addr: app.addr(),
+            app: Some(app),
+            shutdown,
+            auth,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn app(&self) -> &App {
+        self.app.as_ref().expect("running")
+    }
+
+    /// Runs the app's graceful shutdown to completion.
+    pub async fn shutdown(&mut self) {
+        if let Some(app) = self.app.take() {
+            app.shutdown().await;
+        }
+    }
+
+    /// A token for `uid` that may join `groups` and publish to `publish`.
+    pub fn token_with(
+        &self,
+        uid: &str,
+        groups: &[&str],
+        publish: &[&str],
+        ttl: Duration,
+    ) -> String {
+        let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        self.auth
+            .mint(uid, &owned(groups), &owned(publish), ttl)
+            .unwrap()
+    }
+
+    pub fn token(&self, uid: &str) -> String {
+        self.token_with(uid, &["*"], &["*"], Duration::from_secs(3600))
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// Connects with `?token=` and reads the welcome frame.
+    pub async fn client(&self, uid: &str) -> Client {
+        self.client_with_token(&self.token(uid)).await
+    }
+
+    pub async fn client_with_token(&self, token: &str) -> Client {
+        let mut c = Client::connect(&format!("{}?token={token}", self.ws_url())).await;
+        let w = c.recv().await;
+        assert_eq!(w["type"], "welcome", "{w}");
+        c
+    }
+
+    /// Connects without a token (auth by first frame).
+    pub async fn raw_client(&self) -> Client {
+        Client::connect(&self.ws_url()).await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// An authorised API call; returns status and JSON body.
+    pub async fn api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, self.url(path))
+            .bearer_auth(API_KEY);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        read(req.send().await.unwrap()).await
+    }
+
+    pub async fn publish(&self, body: Value) -> (u16, Value) {
+        self.api(reqwest::Method::POST, "/api/publish", Some(body))
+            .await
+    }
+
+    /// Publishes and asserts success, returning the message id.
+    pub async fn publish_ok(&self, to: Value, event: &str, data: Value) -> String {
+        let (status, body) = self
+            .publish(json!({"to": to, "event": event, "data": data}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn stats(&self) -> Value {
+        self.api(reqwest::Method::GET, "/api/stats", None).await.1
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
+
+pub async fn read(res: reqwest::Response) -> (u16, Value) {
+    let status = res.status().as_u16();
+    let text = res.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, body)
+}
+
+/// A real WebSocket client.
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// What a client saw at the end of a connection.
+#[derive(Debug, PartialEq)]
+pub struct Closed {
+    pub code: u16,
+    pub reason: String,
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Self {
+        let (ws, _) = connect_async(url).await.expect("websocket connects");
+        Self { ws }
+    }
+
+    /// Tries to connect; returns the HTTP status and body of a refusal.
+    pub async fn refused(request: impl IntoClientRequest + Unpin) -> (u16, Value) {
+        match connect_async(request).await {
+            Ok(_) => panic!("connection was accepted"),
+            Err(tungstenite::Error::Http(res)) => {
+                let body = res
+                    .body()
+                    .as_ref()
+                    .map(|b| serde_json::from_slice(b).unwrap_or(Value::Null))
+                    .unwrap_or(Value::Null);
+                (res.status().as_u16(), body)
+            }
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.ws.send(Message::text(v.to_string())).await.unwrap();
+    }
+
+    pub async fn send_raw(&mut self, m: Message) {
+        self.ws.send(m).await.unwrap();
+    }
+
+    /// The next text frame as JSON (pings and pongs skipped).
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let m = tokio::time::timeout(patience(), self.ws.next())
+                .await
+                .expect("a frame within the patience")
+                .expect("connection still open")
+                .expect("read ok");
+            match m {
+                Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next frame of `kind`, skipping others.
+    pub async fn recv_type(&mut self, kind: &str) -> Value {
+        loop {
+            let v = self.recv().await;
+            if v["type"] == kind {
+                return v;
+            }
+        }
+    }
+
+    /// Sends a frame and returns the reply.
+    pub async fn call(&mut self, v: Value) -> Value {
+        self.send(v).await;
+        self.recv().await
+    }
+
+    /// Reads until the close frame; returns the frames before it and the close.
+    pub async fn recv_until_close(&mut self) -> (Vec<Value>, Closed) {
+        let mut frames = Vec::new();
+        loop {
+            let m = tokio::time::timeout(patience(), self.ws.next())
+                .await
+                .expect("close within the patience");
+            match m {
+                Some(Ok(Message::Text(t))) => frames.push(serde_json::from_str(&t).unwrap()),
+                Some(Ok(Message::Close(Some(CloseFrame { code, reason })))) => {
+                    return (
+                        frames,
+                        Closed {
+                            code: u16::from(code),
+                            reason: reason.to_string(),
+                        },
+                    );
+                }
+                Some(Ok(Message::Close(None))) => {
+                    return (
+                        frames,
+                        Closed {
+                            code: u16::from(CloseCode::Status),
+                            reason: String::new(),
+                        },
+                    );
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => panic!("read failed before close: {e}"),
+                None => panic!("stream ended without a close frame"),
+            }
+        }
+    }
+
+    /// Expects `bye` with `reason` followed by a close with `code`.
+    pub async fn expect_bye(&mut self, reason: &str, code: u16) -> Value {
+        let (frames, closed) = self.recv_until_close().await;
+        let bye = frames
+            .iter()
+            .rev()
+            .find(|f| f["type"] == "bye")
+            .cloned()
+            .unwrap_or_else(|| panic!("no bye frame in {frames:?}"));
+        assert_eq!(bye["reason"], reason, "{bye}");
+        assert_eq!(closed.code, code, "{closed:?}");
+        assert_eq!(closed.reason, reason);
+        bye
+    }
+
+    /// Round-trips an application ping: proves the connection is open and
+    /// every frame the server queued before it has been read.
+    pub async fn sync(&mut self) -> Vec<Value> {
+        let id = rand_id();
+        self.send(json!({"type": "ping", "id": id})).await;
+        let mut before = Vec::new();
+        loop {
+            let v = self.recv().await;
+            if v["type"] == "pong" && v["id"] == id {
+                return before;
+            }
+            before.push(v);
+        }
+    }
+
+    pub async fn join(&mut self, group: &str) {
+        let id = rand_id();
+        let r = self
+            .call(json!({"type": "join", "id": id, "group": group}))
+            .await;
+        assert_eq!(r, json!({"type": "joined", "id": id, "group": group}));
+    }
+}
+
+fn rand_id() -> i64 {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static NEXT: AtomicI64 = AtomicI64::new(1_000_000);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
