@@ -49,7 +49,8 @@ macro_rules! assert_eventually {
                 break;
             }
             if std::time::Instant::now() > deadline {
-                panic!(concat!("condition never held: ", stringify!($cond)) $(, $($msg)+)?);
+                let detail: String = String::new() $(+ &format!($($msg)+))?;
+                panic!("condition never held: {} {}", stringify!($cond), detail);
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
