@@ -1,0 +1,196 @@
+//! The `fanout` binary as a user runs it: `--version`, `token`, startup
+//! errors with exit code 64, and `serve --dev`, whose printed token and
+//! curl command must work as printed.
+
+mod support;
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+};
+
+use serde_json::json;
+use support::{Client, TestServer};
+
+fn fanout() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fanout"));
+    // The tests must not inherit a developer's FANOUT_* settings.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("FANOUT_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+/// Kills the child on drop, so a failing test leaves no process behind.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `fanout --version` prints the package version.
+#[test]
+fn version_is_printed() {
+    let out = fanout().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("fanout {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+/// `fanout token` mints a token a server with the same secret accepts,
+/// with the requested uid and grants.
+#[tokio::test]
+async fn token_command_mints_usable_tokens() {
+    let out = fanout()
+        .args([
+            "token",
+            "--sub",
+            "42",
+            "--groups",
+            "room-*,lobby",
+            "--ttl",
+            "10m",
+        ])
+        .env("FANOUT_JWT_SECRET", support::SECRET)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let server = TestServer::start().await;
+    let mut c = Client::connect(&format!("{}?token={token}", server.ws_url())).await;
+    let w = c.recv().await;
+    assert_eq!(w["uid"], "42");
+    c.join("room-9").await;
+    c.join("lobby").await;
+    let r = c
+        .call(json!({"type": "join", "id": 1, "group": "other"}))
+        .await;
+    assert_eq!(r["code"], "forbidden");
+}
+
+/// Missing secrets are startup errors that name the variable, exit 64.
+#[test]
+fn missing_configuration_exits_64_naming_the_variable() {
+    let out = fanout()
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("FANOUT_JWT_SECRET") && err.contains("FANOUT_API_KEYS"),
+        "{err}"
+    );
+
+    let out = fanout().args(["token", "--sub", "1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("FANOUT_JWT_SECRET"));
+
+    let out = fanout()
+        .args(["serve", "--heartbeat", "soon"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--heartbeat"));
+
+    let out = fanout()
+        .args([
+            "serve",
+            "--jwt-algorithm",
+            "RS256",
+            "--jwt-public-key",
+            "/nonexistent.pem",
+        ])
+        .env("FANOUT_API_KEYS", "a-long-enough-api-key")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("FANOUT_JWT_PUBLIC_KEY"));
+}
+
+/// `serve --dev` prints a secret, an API key, a token, a browser snippet and
+/// a curl command; the token connects and the printed publish arrives.
+/// SIGTERM then stops it with exit code 0.
+#[tokio::test]
+async fn dev_mode_banner_works_as_printed() {
+    let mut child = fanout()
+        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--log", "warn"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let child = Running(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut banner = Vec::new();
+    while !banner.iter().any(|l: &String| l.contains("-d '")) {
+        banner.push(rx.recv_timeout(support::patience()).expect("banner line"));
+    }
+    let find = |prefix: &str| {
+        banner
+            .iter()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(|s| s.trim().to_owned()))
+            .unwrap_or_else(|| panic!("no `{prefix}` in {banner:#?}"))
+    };
+    let key = find("API key:");
+    let ws_line = find("const ws = new WebSocket(\"");
+    let ws_url = ws_line.trim_end_matches("\");").to_owned();
+    let base = ws_url
+        .split("/ws?")
+        .next()
+        .unwrap()
+        .replace("ws://", "http://");
+    assert!(banner.iter().any(|l| l.contains("Authorization: Bearer")));
+
+    // The browser snippet's URL connects as the dev user.
+    let mut c = Client::connect(&ws_url).await;
+    assert_eq!(c.recv().await["uid"], "dev-user");
+
+    // Run the printed curl command as printed (with its line continuations).
+    let start = banner
+        .iter()
+        .position(|l| l.trim_start().starts_with("curl "))
+        .unwrap();
+    let curl: String = banner[start..]
+        .iter()
+        .map(|l| l.trim().trim_end_matches('\\').to_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(curl.contains(&base) && curl.contains(&key), "{curl}");
+    let out = Command::new("sh").arg("-c").arg(&curl).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reply["offline_users"], json!([]), "{reply}");
+    let m = c.recv().await;
+    assert_eq!(m["id"], reply["id"]);
+    assert_eq!(m["data"]["text"], "hi from curl");
+
+    // SIGTERM: the client is told to go, the process exits 0.
+    let pid = child.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    c.expect_bye("shutdown", 3001).await;
+    let mut child = child;
+    let status = child.0.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+}
