@@ -471,3 +471,66 @@ async fn plain_http_on_ws_is_a_json_error() {
     assert!(status == 400 || status == 426, "{status}");
     assert_eq!(body["error"]["code"], "websocket_required");
 }
+
+/// RS256 and ES256 servers verify with a public key (file or inline PEM),
+/// and refuse HS256 tokens, including one "signed" with the public key as
+/// an HMAC secret (the algorithm-confusion attack).
+#[tokio::test]
+async fn public_key_algorithms_are_pinned() {
+    use fanout::auth::JwtAlgorithm;
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let cases = [
+        (
+            JwtAlgorithm::Rs256,
+            jsonwebtoken::Algorithm::RS256,
+            "rs256",
+            true,
+        ),
+        (
+            JwtAlgorithm::Es256,
+            jsonwebtoken::Algorithm::ES256,
+            "es256",
+            false,
+        ),
+    ];
+    for (alg, jwt_alg, name, inline) in cases {
+        let public_path = format!("{dir}/{name}-public.pem");
+        let public = std::fs::read_to_string(&public_path).unwrap();
+        let private = std::fs::read(format!("{dir}/{name}-private.pem")).unwrap();
+        let server = TestServer::with(|c| {
+            c.jwt_algorithm = alg;
+            c.jwt_secret = None;
+            c.jwt_public_key = Some(if inline {
+                public.clone()
+            } else {
+                public_path.clone()
+            });
+        })
+        .await;
+        let claims = json!({"sub": "pk", "exp": now() + 60});
+        let key = match jwt_alg {
+            jsonwebtoken::Algorithm::RS256 => jsonwebtoken::EncodingKey::from_rsa_pem(&private),
+            _ => jsonwebtoken::EncodingKey::from_ec_pem(&private),
+        }
+        .unwrap();
+        let good =
+            jsonwebtoken::encode(&jsonwebtoken::Header::new(jwt_alg), &claims, &key).unwrap();
+        let mut c = server.client_with_token(&good).await;
+        assert_eq!(
+            c.call(json!({"type": "ping", "id": 1})).await["type"],
+            "pong"
+        );
+
+        for bad in [
+            hmac_token("HS256", &public, &claims),
+            hmac_token("HS256", SECRET, &claims),
+        ] {
+            let (status, body) = Client::refused(format!("{}?token={bad}", server.ws_url())).await;
+            assert_eq!(
+                (status, body["error"]["code"].as_str()),
+                (401, Some("invalid_token")),
+                "{name}"
+            );
+        }
+    }
+}
