@@ -363,17 +363,27 @@ impl Conn {
             });
         }
         let mut expiry = self.expiry();
+        // One timer for the connection's life. Frames from the client only
+        // move the idle deadline later, so the timer is not reset for them:
+        // at worst it fires early and `on_timer` finds nothing due.
+        let timer = sleep_until(self.next_wake(expiry));
+        tokio::pin!(timer);
         loop {
-            let idle_at = self.last_recv + self.state.cfg.idle_timeout;
-            let wake_at = self.next_ping.min(idle_at).min(expiry);
             let outcome = tokio::select! {
                 () = self.session.woken() => self.flush_queue(true).await,
                 msg = self.socket.recv() => self.on_message(msg).await,
-                () = sleep_until(wake_at) => self.on_timer(idle_at, expiry).await,
+                () = &mut timer => {
+                    let step = self.on_timer(expiry).await;
+                    timer.as_mut().reset(self.next_wake(expiry));
+                    step
+                }
             };
             match outcome {
                 Step::Continue => {}
-                Step::Refreshed => expiry = self.expiry(),
+                Step::Refreshed => {
+                    expiry = self.expiry();
+                    timer.as_mut().reset(self.next_wake(expiry));
+                }
                 Step::Close(reason) => return Some(self.before_close(reason).await),
                 Step::Gone => return None,
             }
@@ -464,8 +474,16 @@ impl Conn {
         }
     }
 
-    async fn on_timer(&mut self, idle_at: Instant, expiry: Instant) -> Step {
+    /// The earliest of: next heartbeat, idle deadline, token expiry.
+    fn next_wake(&self, expiry: Instant) -> Instant {
+        self.next_ping
+            .min(self.last_recv + self.state.cfg.idle_timeout)
+            .min(expiry)
+    }
+
+    async fn on_timer(&mut self, expiry: Instant) -> Step {
         let now = Instant::now();
+        let idle_at = self.last_recv + self.state.cfg.idle_timeout;
         if now >= expiry {
             return Step::Close(CloseReason::TokenExpired);
         }
