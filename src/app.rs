@@ -45,6 +45,8 @@ pub async fn spawn(cfg: Config, shutdown: Shutdown) -> anyhow::Result<App> {
             id: cfg.node_id.clone().unwrap_or_else(|| random_id(8)),
             max_queue_bytes: cfg.outbound_queue as usize,
             max_groups: cfg.max_groups,
+            unsubscribe_linger: std::time::Duration::ZERO,
+            query_timeout: std::time::Duration::from_secs(1),
         },
         broker,
     );
@@ -54,6 +56,9 @@ pub async fn spawn(cfg: Config, shutdown: Shutdown) -> anyhow::Result<App> {
     shutdown
         .tracker()
         .spawn(node.clone().dispatch(events_rx, shutdown.token().clone()));
+    shutdown
+        .tracker()
+        .spawn(node.clone().dissolve(shutdown.token().clone()));
 
     let listener = TcpListener::bind(cfg.listen)
         .await

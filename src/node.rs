@@ -13,28 +13,35 @@
 //!   channel, and that one buffer is shared by every recipient.
 
 use std::{
+    collections::{HashMap, HashSet, VecDeque},
     hash::{BuildHasher, RandomState},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use axum::extract::ws::Utf8Bytes;
 use serde_json::value::RawValue;
-use tokio::sync::{Mutex, MutexGuard, mpsc};
+use tokio::{
+    sync::{Mutex, MutexGuard, mpsc, oneshot},
+    time::Instant,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    broker::{AnyBroker, Broker, BrokerError, BrokerEvent, Command, Envelope},
-    hub::{Added, Counts, Hub, Removed},
+    broker::{AnyBroker, Broker, BrokerError, BrokerEvent, Command, Counts, Envelope},
+    hub::{Added, Hub, Removed},
     protocol::{self, Channel, ChannelKind, CloseReason, Publication},
     session::Session,
 };
 
 /// Subscription locks; many, so unrelated channels rarely share one.
 pub const SUB_LOCKS: usize = 4096;
+
+/// Channels waiting out their linger before UNSUBSCRIBE.
+const DISSOLVE_QUEUE: usize = 65_536;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -52,6 +59,11 @@ pub struct NodeOptions {
     pub id: String,
     pub max_queue_bytes: usize,
     pub max_groups: usize,
+    /// How long a channel stays subscribed after its last local subscriber
+    /// left, so reconnect flapping costs no SUBSCRIBE/UNSUBSCRIBE pairs.
+    pub unsubscribe_linger: Duration,
+    /// How long presence and stats queries wait for other nodes' replies.
+    pub query_timeout: Duration,
 }
 
 /// Where an API publish goes. Names are validated by the caller.
@@ -70,6 +82,14 @@ pub struct Published {
     pub offline_users: Vec<String>,
 }
 
+/// Summed answers to a cluster query.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClusterCounts {
+    /// Nodes that answered.
+    pub nodes: u64,
+    pub counts: Counts,
+}
+
 #[derive(Debug, Clone)]
 pub struct Node {
     inner: Arc<Inner>,
@@ -80,25 +100,58 @@ struct Inner {
     opts: NodeOptions,
     hub: Hub,
     broker: AnyBroker,
-    /// Serialise first-subscribe/last-unsubscribe per channel. Async
-    /// mutexes because they are held across the broker round trip.
-    sub_locks: Box<[Mutex<()>]>,
+    /// Per-channel subscription locks. Each guards the set of channels (of
+    /// its shard) the broker is subscribed to for this node. Async mutexes,
+    /// because they are held across the broker round trip.
+    sub_locks: Box<[Mutex<HashSet<Channel>>]>,
     lock_hasher: RandomState,
+    /// Channels whose last local subscriber left, with the time to check
+    /// again; sent by `release`, received by the dissolver task.
+    dissolve_tx: mpsc::Sender<(Channel, Instant)>,
+    dissolve_rx: parking_lot::Mutex<Option<mpsc::Receiver<(Channel, Instant)>>>,
+    /// Open cluster queries by request id; replies fill them in.
+    queries: parking_lot::Mutex<HashMap<u64, PendingQuery>>,
+    next_query: AtomicU64,
     next_conn: AtomicU64,
     /// Message ids are `<random per-process prefix>-<sequence>`.
     msg_prefix: String,
     next_msg: AtomicU64,
 }
 
+#[derive(Debug)]
+struct PendingQuery {
+    /// Nodes that received the query (known once PUBLISH returns).
+    expected: Option<usize>,
+    replies: usize,
+    sum: Counts,
+    /// Fires once `replies` reaches `expected`.
+    done: Option<oneshot::Sender<()>>,
+}
+
+impl PendingQuery {
+    fn check_done(&mut self) {
+        if self.expected.is_some_and(|n| self.replies >= n) {
+            if let Some(done) = self.done.take() {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
 impl Node {
     pub fn new(opts: NodeOptions, broker: AnyBroker) -> Self {
+        let (dissolve_tx, dissolve_rx) = mpsc::channel(DISSOLVE_QUEUE);
         Self {
             inner: Arc::new(Inner {
                 opts,
                 hub: Hub::new(),
                 broker,
-                sub_locks: (0..SUB_LOCKS).map(|_| Mutex::new(())).collect(),
+                sub_locks: (0..SUB_LOCKS).map(|_| Mutex::new(HashSet::new())).collect(),
                 lock_hasher: RandomState::new(),
+                dissolve_tx,
+                dissolve_rx: parking_lot::Mutex::new(Some(dissolve_rx)),
+                queries: parking_lot::Mutex::new(HashMap::new()),
+                next_query: AtomicU64::new(1),
                 next_conn: AtomicU64::new(1),
                 msg_prefix: random_id(10),
                 next_msg: AtomicU64::new(1),
@@ -114,9 +167,18 @@ impl Node {
         &self.inner.hub
     }
 
-    /// Subscribes the channels every node always needs (`all`).
+    pub fn broker(&self) -> &AnyBroker {
+        &self.inner.broker
+    }
+
+    /// Subscribes the channels every node always needs: `all` and its own
+    /// `node:<id>`.
     pub async fn start(&self) -> Result<(), BrokerError> {
-        self.inner.broker.subscribe(&[Channel::all()]).await
+        for channel in [Channel::all(), Channel::node(self.id())] {
+            let mut subs = self.lock(&channel).await;
+            self.ensure_subscribed(&mut subs, &channel).await?;
+        }
+        Ok(())
     }
 
     /// Receives broker events until the broker goes away or `stop` fires.
@@ -133,6 +195,35 @@ impl Node {
         }
     }
 
+    /// Unsubscribes channels whose linger ran out with no local subscriber
+    /// back, many at once so the broker can batch them. Runs until `stop`.
+    pub async fn dissolve(self, stop: CancellationToken) {
+        let Some(mut rx) = self.inner.dissolve_rx.lock().take() else {
+            return;
+        };
+        let mut waiting: VecDeque<(Channel, Instant)> = VecDeque::new();
+        loop {
+            let next = waiting.front().map(|(_, at)| *at);
+            tokio::select! {
+                () = stop.cancelled() => return,
+                item = rx.recv() => match item {
+                    Some(item) => waiting.push_back(item),
+                    None => return,
+                },
+                () = sleep_until_opt(next) => {
+                    let now = Instant::now();
+                    let mut due = Vec::new();
+                    while waiting.front().is_some_and(|(_, at)| *at <= now) {
+                        if let Some((channel, _)) = waiting.pop_front() {
+                            due.push(channel);
+                        }
+                    }
+                    futures_util::future::join_all(due.iter().map(|c| self.unsubscribe_if_unused(c))).await;
+                }
+            }
+        }
+    }
+
     fn handle_event(&self, event: BrokerEvent) {
         let hub = &self.inner.hub;
         match event.envelope {
@@ -142,6 +233,7 @@ impl Node {
                     ChannelKind::User(uid) => hub.broadcast_user(uid, &frame),
                     ChannelKind::Group(group) => hub.broadcast_group(group, &frame),
                     ChannelKind::All => hub.broadcast_all(&frame),
+                    ChannelKind::Node(_) => return,
                 };
                 if delivery.slow > 0 {
                     tracing::info!(
@@ -151,38 +243,143 @@ impl Node {
                     );
                 }
             }
-            Envelope::Command(cmd) => {
-                let ChannelKind::User(uid) = event.channel.kind() else {
-                    tracing::warn!(channel = %event.channel, "command on a non-user channel ignored");
-                    return;
-                };
-                let sessions = hub.user_sessions(uid);
-                match cmd {
-                    Command::Disconnect => {
-                        for s in &sessions {
-                            s.close(CloseReason::Kicked);
-                        }
-                    }
-                    Command::Join(group) => {
-                        let node = self.clone();
-                        tokio::spawn(async move {
-                            for s in sessions {
-                                node.server_join(&s, &group).await;
-                            }
-                        });
-                    }
-                    Command::Leave(group) => {
-                        let node = self.clone();
-                        tokio::spawn(async move {
-                            for s in sessions {
-                                node.leave(&s, &group).await;
-                                push_text(&s, protocol::left_frame(None, &group));
-                            }
-                        });
-                    }
+            Envelope::Command(cmd) => self.handle_command(&event.channel, cmd),
+        }
+    }
+
+    fn handle_command(&self, channel: &Channel, cmd: Command) {
+        let hub = &self.inner.hub;
+        match (channel.kind(), cmd) {
+            (ChannelKind::User(uid), Command::Disconnect) => {
+                for s in hub.user_sessions(uid) {
+                    s.close(CloseReason::Kicked);
                 }
             }
+            (ChannelKind::User(uid), Command::Join { group }) => {
+                let (node, sessions) = (self.clone(), hub.user_sessions(uid));
+                tokio::spawn(async move {
+                    for s in sessions {
+                        node.server_join(&s, &group).await;
+                    }
+                });
+            }
+            (ChannelKind::User(uid), Command::Leave { group }) => {
+                let (node, sessions) = (self.clone(), hub.user_sessions(uid));
+                tokio::spawn(async move {
+                    for s in sessions {
+                        node.leave(&s, &group).await;
+                        push_text(&s, protocol::left_frame(None, &group));
+                    }
+                });
+            }
+            (ChannelKind::User(uid), Command::Presence { req, reply_to }) => {
+                let counts = Counts {
+                    connections: hub.user_connections(uid) as u64,
+                    ..Counts::default()
+                };
+                self.reply(req, &reply_to, counts);
+            }
+            (ChannelKind::All, Command::Stats { req, reply_to }) => {
+                let c = hub.counts();
+                let counts = Counts {
+                    connections: c.connections as u64,
+                    users: c.users as u64,
+                    groups: c.groups as u64,
+                };
+                self.reply(req, &reply_to, counts);
+            }
+            (ChannelKind::Node(_), Command::Reply { req, counts, .. }) => {
+                if let Some(q) = self.inner.queries.lock().get_mut(&req) {
+                    q.replies += 1;
+                    q.sum.connections += counts.connections;
+                    q.sum.users += counts.users;
+                    q.sum.groups += counts.groups;
+                    q.check_done();
+                }
+            }
+            (_, cmd) => {
+                tracing::warn!(%channel, ?cmd, "command not valid on this channel; ignored");
+            }
         }
+    }
+
+    fn reply(&self, req: u64, reply_to: &str, counts: Counts) {
+        if !protocol::is_valid_name(reply_to) {
+            return;
+        }
+        let node = self.clone();
+        let channel = Channel::node(reply_to);
+        tokio::spawn(async move {
+            let reply = Envelope::Command(Command::Reply {
+                req,
+                node: node.id().to_owned(),
+                counts,
+            });
+            if let Err(e) = node.inner.broker.publish(&channel, &reply).await {
+                tracing::debug!(error = %e, "cannot answer a cluster query");
+            }
+        });
+    }
+
+    /// Publishes a query on `channel` and sums the replies of every node
+    /// that received it, waiting at most the query timeout.
+    async fn query(
+        &self,
+        channel: &Channel,
+        make: impl FnOnce(u64, String) -> Command,
+    ) -> Result<ClusterCounts, NodeError> {
+        let req = self.inner.next_query.fetch_add(1, Ordering::Relaxed);
+        let (done_tx, done_rx) = oneshot::channel();
+        self.inner.queries.lock().insert(
+            req,
+            PendingQuery {
+                expected: None,
+                replies: 0,
+                sum: Counts::default(),
+                done: Some(done_tx),
+            },
+        );
+        let query = Envelope::Command(make(req, self.id().to_owned()));
+        match self.inner.broker.publish(channel, &query).await {
+            Ok(n) => {
+                if let Some(q) = self.inner.queries.lock().get_mut(&req) {
+                    q.expected = Some(n);
+                    q.check_done();
+                }
+            }
+            Err(e) => {
+                self.inner.queries.lock().remove(&req);
+                return Err(e.into());
+            }
+        }
+        // A node that does not answer in time (wedged, partitioned) is
+        // left out rather than holding the answer up.
+        let _ = tokio::time::timeout(self.inner.opts.query_timeout, done_rx).await;
+        let q = self.inner.queries.lock().remove(&req);
+        Ok(q.map_or_else(ClusterCounts::default, |q| ClusterCounts {
+            nodes: q.replies as u64,
+            counts: q.sum,
+        }))
+    }
+
+    /// Live connections of `uid` on every node.
+    pub async fn user_connections(&self, uid: &str) -> Result<u64, NodeError> {
+        let answer = self
+            .query(&Channel::user(uid), |req, reply_to| Command::Presence {
+                req,
+                reply_to,
+            })
+            .await?;
+        Ok(answer.counts.connections)
+    }
+
+    /// Every node's counts, summed.
+    pub async fn cluster_counts(&self) -> Result<ClusterCounts, NodeError> {
+        self.query(&Channel::all(), |req, reply_to| Command::Stats {
+            req,
+            reply_to,
+        })
+        .await
     }
 
     async fn server_join(&self, session: &Session, group: &str) {
@@ -200,9 +397,78 @@ impl Node {
         }
     }
 
-    async fn lock(&self, channel: &Channel) -> MutexGuard<'_, ()> {
+    async fn lock(&self, channel: &Channel) -> MutexGuard<'_, HashSet<Channel>> {
         let i = (self.inner.lock_hasher.hash_one(channel) as usize) % SUB_LOCKS;
         self.inner.sub_locks[i].lock().await
+    }
+
+    /// Subscribes the broker to `channel` unless it already is (possibly
+    /// still lingering after its last subscriber left). Call under the lock.
+    async fn ensure_subscribed(
+        &self,
+        subs: &mut HashSet<Channel>,
+        channel: &Channel,
+    ) -> Result<(), BrokerError> {
+        if !subs.contains(channel) {
+            self.inner
+                .broker
+                .subscribe(std::slice::from_ref(channel))
+                .await?;
+            subs.insert(channel.clone());
+        }
+        Ok(())
+    }
+
+    /// The last local subscriber of `channel` left: unsubscribe now, or
+    /// after the linger if one is configured. Call under the lock.
+    async fn release(&self, subs: &mut HashSet<Channel>, channel: Channel) {
+        let linger = self.inner.opts.unsubscribe_linger;
+        if !linger.is_zero() {
+            match self
+                .inner
+                .dissolve_tx
+                .try_send((channel, Instant::now() + linger))
+            {
+                Ok(()) => return,
+                // Too many channels lingering: give this one up at once.
+                Err(
+                    mpsc::error::TrySendError::Full((c, _))
+                    | mpsc::error::TrySendError::Closed((c, _)),
+                ) => {
+                    self.unsubscribe_now(subs, c).await;
+                    return;
+                }
+            }
+        }
+        self.unsubscribe_now(subs, channel).await;
+    }
+
+    async fn unsubscribe_now(&self, subs: &mut HashSet<Channel>, channel: Channel) {
+        if subs.remove(&channel) {
+            if let Err(e) = self
+                .inner
+                .broker
+                .unsubscribe(std::slice::from_ref(&channel))
+                .await
+            {
+                // The broker forgets a lost connection's subscriptions
+                // anyway; a stale one costs deliveries nobody receives.
+                tracing::warn!(%channel, error = %e, "unsubscribe failed");
+            }
+        }
+    }
+
+    /// After the linger: unsubscribe unless a local subscriber came back.
+    async fn unsubscribe_if_unused(&self, channel: &Channel) {
+        let mut subs = self.lock(channel).await;
+        let in_use = match channel.kind() {
+            ChannelKind::User(uid) => self.inner.hub.user_connections(uid) > 0,
+            ChannelKind::Group(group) => self.inner.hub.has_group(group),
+            ChannelKind::All | ChannelKind::Node(_) => true,
+        };
+        if !in_use {
+            self.unsubscribe_now(&mut subs, channel.clone()).await;
+        }
     }
 
     /// Registers a new authenticated connection for `uid`, subscribing its
@@ -211,33 +477,32 @@ impl Node {
         let id = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
         let session = Session::new(id, uid, self.inner.opts.max_queue_bytes);
         let channel = Channel::user(session.uid());
-        let _guard = self.lock(&channel).await;
-        if self.inner.hub.add_session(&session) == Added::First {
-            if let Err(e) = self.inner.broker.subscribe(&[channel]).await {
-                self.inner.hub.remove_session(&session);
-                return Err(e.into());
-            }
+        let mut subs = self.lock(&channel).await;
+        self.inner.hub.add_session(&session);
+        if let Err(e) = self.ensure_subscribed(&mut subs, &channel).await {
+            self.inner.hub.remove_session(&session);
+            return Err(e.into());
         }
         Ok(session)
     }
 
     /// Unregisters a connection: leaves its groups, then its user channel,
-    /// unsubscribing whatever it was the last local subscriber of.
+    /// releasing whatever it was the last local subscriber of.
     pub async fn disconnect(&self, session: &Session) {
         for group in session.detach() {
             self.leave(session, &group).await;
         }
         let channel = Channel::user(session.uid());
-        let _guard = self.lock(&channel).await;
+        let mut subs = self.lock(&channel).await;
         if self.inner.hub.remove_session(session) == Removed::Last {
-            self.unsubscribe(channel).await;
+            self.release(&mut subs, channel).await;
         }
     }
 
     /// Adds the session to `group` (idempotent).
     pub async fn join(&self, session: &Session, group: &str) -> Result<(), NodeError> {
         let channel = Channel::group(group);
-        let _guard = self.lock(&channel).await;
+        let mut subs = self.lock(&channel).await;
         if session.in_group(group) {
             return Ok(());
         }
@@ -249,7 +514,7 @@ impl Node {
             return Err(NodeError::Closed);
         }
         if self.inner.hub.add_sub(&name, session) == Added::First {
-            if let Err(e) = self.inner.broker.subscribe(&[channel]).await {
+            if let Err(e) = self.ensure_subscribed(&mut subs, &channel).await {
                 self.inner.hub.remove_sub(group, session.id());
                 session.remove_group(group);
                 return Err(e.into());
@@ -261,23 +526,10 @@ impl Node {
     /// Removes the session from `group` (idempotent).
     pub async fn leave(&self, session: &Session, group: &str) {
         let channel = Channel::group(group);
-        let _guard = self.lock(&channel).await;
+        let mut subs = self.lock(&channel).await;
         session.remove_group(group);
         if self.inner.hub.remove_sub(group, session.id()) == Removed::Last {
-            self.unsubscribe(channel).await;
-        }
-    }
-
-    async fn unsubscribe(&self, channel: Channel) {
-        if let Err(e) = self
-            .inner
-            .broker
-            .unsubscribe(std::slice::from_ref(&channel))
-            .await
-        {
-            // The broker drops subscriptions of a lost connection anyway;
-            // a stale one costs deliveries nobody receives, not correctness.
-            tracing::warn!(%channel, error = %e, "unsubscribe failed");
+            self.release(&mut subs, channel).await;
         }
     }
 
@@ -288,14 +540,20 @@ impl Node {
         data: Box<RawValue>,
         from: Option<String>,
     ) -> Publication {
-        let seq = self.inner.next_msg.fetch_add(1, Ordering::Relaxed);
+        let (id, ts) = self.next_id();
         Publication {
-            id: format!("{}-{seq:x}", self.inner.msg_prefix),
-            ts: unix_ms(),
+            id,
+            ts,
             event,
             data,
             from,
         }
+    }
+
+    /// A fresh message id and the current time in Unix milliseconds.
+    pub fn next_id(&self) -> (String, u64) {
+        let seq = self.inner.next_msg.fetch_add(1, Ordering::Relaxed);
+        (format!("{}-{seq:x}", self.inner.msg_prefix), unix_ms())
     }
 
     /// Publishes one message to every target. `all` makes the other targets
@@ -335,12 +593,8 @@ impl Node {
         Ok(n > 0)
     }
 
-    /// Live connections of `uid`.
-    pub fn user_connections(&self, uid: &str) -> usize {
-        self.inner.hub.user_connections(uid)
-    }
-
-    pub fn counts(&self) -> Counts {
+    /// This node's registry counts.
+    pub fn counts(&self) -> crate::hub::Counts {
         self.inner.hub.counts()
     }
 
@@ -353,6 +607,13 @@ impl Node {
             });
         }
         self.inner.broker.close().await;
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -397,6 +658,8 @@ mod tests {
             id: "n".into(),
             max_queue_bytes: 1 << 20,
             max_groups: 2,
+            unsubscribe_linger: Duration::ZERO,
+            query_timeout: Duration::from_secs(5),
         };
         (Node::new(opts, AnyBroker::Memory(bus.broker(tx))), bus, rx)
     }
@@ -413,7 +676,7 @@ mod tests {
         assert_eq!(bus.channel_count(), 2);
         node.disconnect(&b).await;
         assert_eq!(bus.channel_count(), 0);
-        assert_eq!(node.counts(), Counts::default());
+        assert_eq!(node.counts(), crate::hub::Counts::default());
     }
 
     #[tokio::test]
@@ -435,6 +698,6 @@ mod tests {
         let a = node.connect("u".into()).await.unwrap();
         node.disconnect(&a).await;
         assert!(matches!(node.join(&a, "g").await, Err(NodeError::Closed)));
-        assert_eq!(node.counts(), Counts::default());
+        assert_eq!(node.counts(), crate::hub::Counts::default());
     }
 }

@@ -29,7 +29,9 @@ pub fn is_valid_event(event: &str) -> bool {
 
 // === Channel ===
 
-/// A delivery address: `user:<uid>`, `group:<name>` or `all`.
+/// A delivery address: `user:<uid>`, `group:<name>` or `all`, plus
+/// `node:<id>`, each node's own channel for replies to cluster queries
+/// (never seen by clients).
 ///
 /// The string form is what clients see in `message.channel` and what the
 /// broker appends to its prefix. Cloning is a reference-count bump.
@@ -42,12 +44,14 @@ pub enum ChannelKind<'a> {
     User(&'a str),
     Group(&'a str),
     All,
+    Node(&'a str),
 }
 
 impl Channel {
     pub const USER_PREFIX: &'static str = "user:";
     pub const GROUP_PREFIX: &'static str = "group:";
     pub const ALL: &'static str = "all";
+    pub const NODE_PREFIX: &'static str = "node:";
 
     pub fn user(uid: &str) -> Self {
         Self(format!("{}{uid}", Self::USER_PREFIX).into())
@@ -61,13 +65,19 @@ impl Channel {
         Self(Self::ALL.into())
     }
 
-    /// Parses `user:<uid>`, `group:<name>` or `all`, validating the name.
+    pub fn node(id: &str) -> Self {
+        Self(format!("{}{id}", Self::NODE_PREFIX).into())
+    }
+
+    /// Parses `user:<uid>`, `group:<name>`, `node:<id>` or `all`,
+    /// validating the name.
     pub fn parse(s: &str) -> Option<Self> {
         let ok = match s {
             Self::ALL => true,
             _ => s
                 .strip_prefix(Self::USER_PREFIX)
                 .or_else(|| s.strip_prefix(Self::GROUP_PREFIX))
+                .or_else(|| s.strip_prefix(Self::NODE_PREFIX))
                 .is_some_and(is_valid_name),
         };
         ok.then(|| Self(s.into()))
@@ -82,6 +92,8 @@ impl Channel {
             ChannelKind::User(uid)
         } else if let Some(group) = self.0.strip_prefix(Self::GROUP_PREFIX) {
             ChannelKind::Group(group)
+        } else if let Some(node) = self.0.strip_prefix(Self::NODE_PREFIX) {
+            ChannelKind::Node(node)
         } else {
             ChannelKind::All
         }
@@ -570,6 +582,10 @@ mod tests {
         assert_eq!(Channel::all().kind(), ChannelKind::All);
         assert_eq!(Channel::parse("group:r"), Some(Channel::group("r")));
         assert_eq!(Channel::parse("group:"), None);
+        assert_eq!(
+            Channel::parse("node:n1").unwrap().kind(),
+            ChannelKind::Node("n1")
+        );
         assert_eq!(Channel::parse("other:x"), None);
     }
 

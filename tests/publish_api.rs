@@ -157,7 +157,7 @@ async fn presence_and_stats() {
         ),
         (Some(3), Some(2), Some(1))
     );
-    assert_eq!(stats["node"], "test-node");
+    assert_eq!(stats["nodes"], 1);
 }
 
 /// Kicking closes every connection of the user with bye kicked / 3503 and

@@ -34,7 +34,7 @@ pub(super) async fn get_user(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let uid = uid_of(path)?;
-    let connections = state.node.user_connections(&uid);
+    let connections = state.node.user_connections(&uid).await?;
     Ok(Json(json!({
         "uid": uid,
         "online": connections > 0,
@@ -70,7 +70,7 @@ pub(super) async fn join_group(
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    group_command(&state, path, Command::Join).await
+    group_command(&state, path, |group| Command::Join { group }).await
 }
 
 /// `DELETE /api/users/{uid}/groups/{group}`
@@ -78,16 +78,17 @@ pub(super) async fn leave_group(
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    group_command(&state, path, Command::Leave).await
+    group_command(&state, path, |group| Command::Leave { group }).await
 }
 
-/// `GET /api/stats`
-pub(super) async fn stats(State(state): State<AppState>) -> Json<Value> {
-    let c = state.node.counts();
-    Json(json!({
-        "node": state.node.id(),
-        "connections": c.connections,
-        "users": c.users,
-        "groups": c.groups,
-    }))
+/// `GET /api/stats`: every node's counts, summed. A user connected to two
+/// nodes, or a group with members on two nodes, counts once per node.
+pub(super) async fn stats(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let c = state.node.cluster_counts().await?;
+    Ok(Json(json!({
+        "nodes": c.nodes,
+        "connections": c.counts.connections,
+        "users": c.counts.users,
+        "groups": c.counts.groups,
+    })))
 }

@@ -8,8 +8,11 @@
 //! out from there (Centrifugo's `BrokerEventHandler`).
 
 pub mod memory;
+pub mod wire;
 
 use std::{future::Future, sync::Arc};
+
+use serde::{Deserialize, Serialize};
 
 use crate::protocol::{Channel, Publication};
 
@@ -25,16 +28,41 @@ pub enum Envelope {
     Command(Command),
 }
 
-/// Cluster-wide actions on one user's sessions, sent on `user:<uid>` so that
-/// exactly the nodes holding that user act on it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Instructions between nodes. User commands travel on `user:<uid>`, so
+/// exactly the nodes holding that user act on them; queries carry the
+/// asking node's id and are answered on its `node:<id>` channel.
+///
+/// On Redis they are JSON objects with a `cmd` field (see [`wire`]); any
+/// object without `cmd` is a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Command {
     /// Close every session of the user with `kicked`.
     Disconnect,
     /// Join every session of the user to the group.
-    Join(String),
+    Join { group: String },
     /// Remove every session of the user from the group.
-    Leave(String),
+    Leave { group: String },
+    /// How many connections does the user have on your node?
+    Presence { req: u64, reply_to: String },
+    /// What are your node's counts? (sent on `all`)
+    Stats { req: u64, reply_to: String },
+    /// The answer to a query, on the asker's `node:` channel.
+    Reply {
+        req: u64,
+        node: String,
+        counts: Counts,
+    },
+}
+
+/// Counts a node reports in a [`Command::Reply`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub connections: u64,
+    #[serde(default)]
+    pub users: u64,
+    #[serde(default)]
+    pub groups: u64,
 }
 
 /// One delivery from the broker to the node.

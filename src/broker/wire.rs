@@ -1,0 +1,181 @@
+//! How envelopes look on Redis: the JSON a backend may publish directly.
+//!
+//! A message is `{"event":"new_msg","data":<any JSON>}` with optional `id`
+//! and `ts` (the receiving node fills in what is missing); a node-to-node
+//! command is an object with a `cmd` field. Anything else is refused with a
+//! [`DecodeError`] and dropped by the caller.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::{Command, Envelope};
+use crate::protocol::{Publication, is_valid_event, is_valid_name, null_value};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("not a JSON object")]
+    NotJson,
+    #[error("a field has the wrong type or value")]
+    BadField,
+    #[error("unknown command")]
+    UnknownCommand,
+}
+
+impl DecodeError {
+    /// Low-cardinality label for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotJson => "invalid_json",
+            Self::BadField => "invalid_field",
+            Self::UnknownCommand => "unknown_command",
+        }
+    }
+}
+
+/// The fields a published body may have.
+#[derive(Deserialize)]
+struct Body {
+    #[serde(default)]
+    cmd: Option<Box<RawValue>>,
+    #[serde(default)]
+    event: Option<String>,
+    #[serde(default)]
+    data: Option<Box<RawValue>>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    ts: Option<u64>,
+    #[serde(default)]
+    from: Option<String>,
+}
+
+/// Serialises an envelope for PUBLISH.
+pub fn encode(envelope: &Envelope) -> String {
+    // Plain structs of strings, numbers and already-valid raw JSON: cannot fail.
+    match envelope {
+        Envelope::Publication(p) => serde_json::to_string(&**p).unwrap_or_default(),
+        Envelope::Command(c) => serde_json::to_string(c).unwrap_or_default(),
+    }
+}
+
+/// Parses a published body. `fill` supplies an id and timestamp for
+/// messages that came without them (backends publishing straight to Redis).
+pub fn decode(
+    payload: &[u8],
+    fill: impl FnOnce() -> (String, u64),
+) -> Result<Envelope, DecodeError> {
+    if payload.trim_ascii_start().first() != Some(&b'{') {
+        // Valid JSON of another shape is a bad field; anything else is not JSON.
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(payload) {
+                Ok(_) => DecodeError::BadField,
+                Err(_) => DecodeError::NotJson,
+            },
+        );
+    }
+    let body: Body = serde_json::from_slice(payload).map_err(|e| {
+        if e.is_data() {
+            DecodeError::BadField
+        } else {
+            DecodeError::NotJson
+        }
+    })?;
+    if body.cmd.is_some() {
+        let cmd: Command =
+            serde_json::from_slice(payload).map_err(|_| DecodeError::UnknownCommand)?;
+        return Ok(Envelope::Command(cmd));
+    }
+    if body.event.as_deref().is_some_and(|e| !is_valid_event(e))
+        || body
+            .id
+            .as_deref()
+            .is_some_and(|id| id.is_empty() || id.len() > 128)
+        || body.from.as_deref().is_some_and(|f| !is_valid_name(f))
+    {
+        return Err(DecodeError::BadField);
+    }
+    let (id, ts) = match (body.id, body.ts) {
+        (Some(id), Some(ts)) => (id, ts),
+        (id, ts) => {
+            let (fid, fts) = fill();
+            (id.unwrap_or(fid), ts.unwrap_or(fts))
+        }
+    };
+    Ok(Envelope::Publication(Arc::new(Publication {
+        id,
+        ts,
+        event: body.event,
+        data: body.data.unwrap_or_else(null_value),
+        from: body.from,
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fill() -> (String, u64) {
+        ("filled".into(), 9)
+    }
+
+    #[test]
+    fn direct_publishes_get_an_id_and_timestamp() {
+        let Ok(Envelope::Publication(p)) = decode(br#"{"event":"x","data":{"a":1}}"#, fill) else {
+            panic!("not a publication")
+        };
+        assert_eq!(
+            (p.id.as_str(), p.ts, p.event.as_deref()),
+            ("filled", 9, Some("x"))
+        );
+        assert_eq!(p.data.get(), r#"{"a":1}"#);
+        let Ok(Envelope::Publication(p)) = decode(br#"{"id":"mine","ts":5}"#, fill) else {
+            panic!("not a publication")
+        };
+        assert_eq!((p.id.as_str(), p.ts, p.data.get()), ("mine", 5, "null"));
+    }
+
+    #[test]
+    fn commands_round_trip() {
+        for cmd in [
+            Command::Disconnect,
+            Command::Join { group: "g".into() },
+            Command::Presence {
+                req: 3,
+                reply_to: "n".into(),
+            },
+            Command::Reply {
+                req: 3,
+                node: "n".into(),
+                counts: super::super::Counts::default(),
+            },
+        ] {
+            let text = encode(&Envelope::Command(cmd.clone()));
+            let Ok(Envelope::Command(back)) = decode(text.as_bytes(), fill) else {
+                panic!("{text}")
+            };
+            assert_eq!(back, cmd);
+        }
+    }
+
+    #[test]
+    fn bad_bodies_are_refused() {
+        for (body, err) in [
+            (&b"hello"[..], DecodeError::NotJson),
+            (b"[1]", DecodeError::BadField),
+            (b"42", DecodeError::BadField),
+            (br#"{"event":5}"#, DecodeError::BadField),
+            (br#"{"event":""}"#, DecodeError::BadField),
+            (br#"{"cmd":"explode"}"#, DecodeError::UnknownCommand),
+            (br#"{"data":1,"from":"bad uid"}"#, DecodeError::BadField),
+        ] {
+            assert_eq!(
+                decode(body, fill).map(|_| ()),
+                Err(err),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+}
