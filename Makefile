@@ -3,12 +3,13 @@
 
 CARGO ?= cargo
 LISTEN ?= 127.0.0.1:8080
+INTERNAL ?= 127.0.0.1:9090
 
 .PHONY: run build test fmt fmt-check lint unit-test
 
 ## Build and start a development node (generated secret and API key, printed).
 run:
-	$(CARGO) run --release --bin fanout -- serve --dev --listen $(LISTEN)
+	$(CARGO) run --release --bin fanout -- serve --dev --listen $(LISTEN) --internal-addr $(INTERNAL)
 
 build:
 	$(CARGO) build --release --bin fanout

@@ -1,7 +1,7 @@
 //! Builds a running gateway from a [`Config`]: authenticator, broker, node,
 //! listener, router; and takes it down again in order.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use tokio::{net::TcpListener, sync::mpsc, task::JoinHandle};
@@ -9,8 +9,13 @@ use tokio::{net::TcpListener, sync::mpsc, task::JoinHandle};
 use crate::{
     api,
     auth::Authenticator,
-    broker::{AnyBroker, EVENT_CHANNEL_CAPACITY, memory::MemoryBus},
+    broker::{
+        AnyBroker, EVENT_CHANNEL_CAPACITY,
+        memory::MemoryBus,
+        redis::{RedisBroker, RedisOptions},
+    },
     config::Config,
+    metrics,
     node::{Node, NodeOptions, random_id},
     shutdown::{self, Shutdown},
     state::AppState,
@@ -20,6 +25,7 @@ use crate::{
 #[derive(Debug)]
 pub struct App {
     addr: SocketAddr,
+    internal_addr: SocketAddr,
     state: AppState,
     /// The HTTP server task; ends once shutdown is triggered and in-flight
     /// requests are done.
@@ -38,21 +44,43 @@ pub async fn spawn(cfg: Config, shutdown: Shutdown) -> anyhow::Result<App> {
         &cfg.api_keys,
     )
     .context("loading the JWT key")?;
+    let metrics = metrics::install();
+    let node_id = cfg.node_id.clone().unwrap_or_else(|| random_id(8));
     let (events_tx, events_rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
-    let broker = AnyBroker::Memory(MemoryBus::new().broker(events_tx));
+    let (broker, linger) = match cfg.redis_config()? {
+        None => (
+            AnyBroker::Memory(MemoryBus::new().broker(events_tx)),
+            // Subscribing in-process costs nothing: no linger needed.
+            Duration::ZERO,
+        ),
+        Some(redis) => {
+            let opts = RedisOptions {
+                config: redis,
+                prefix: cfg.redis_prefix.clone(),
+                node_id: node_id.clone(),
+                pubsub_connections: cfg.redis_pubsub_connections,
+                command_timeout: cfg.redis_timeout,
+                probe_interval: cfg.redis_probe_interval,
+            };
+            let broker = RedisBroker::connect(opts, events_tx, shutdown.tracker())
+                .await
+                .context("connecting to Redis")?;
+            (AnyBroker::Redis(broker), cfg.unsubscribe_linger)
+        }
+    };
     let node = Node::new(
         NodeOptions {
-            id: cfg.node_id.clone().unwrap_or_else(|| random_id(8)),
+            id: node_id,
             max_queue_bytes: cfg.outbound_queue as usize,
             max_groups: cfg.max_groups,
-            unsubscribe_linger: std::time::Duration::ZERO,
-            query_timeout: std::time::Duration::from_secs(1),
+            unsubscribe_linger: linger,
+            query_timeout: cfg.query_timeout,
         },
         broker,
     );
     node.start()
         .await
-        .context("subscribing the broadcast channel")?;
+        .context("subscribing the node's own channels")?;
     shutdown
         .tracker()
         .spawn(node.clone().dispatch(events_rx, shutdown.token().clone()));
@@ -76,9 +104,30 @@ pub async fn spawn(cfg: Config, shutdown: Shutdown) -> anyhow::Result<App> {
             .with_graceful_shutdown(shutdown.triggered())
             .into_future(),
     );
-    tracing::info!(%addr, node = state.node.id(), "fanout listening");
+    let internal_listener = TcpListener::bind(state.cfg.internal_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "binding the internal listener on {}",
+                state.cfg.internal_addr
+            )
+        })?;
+    let internal_addr = internal_listener
+        .local_addr()
+        .context("reading the internal address")?;
+    let internal = api::internal::router(state.clone(), metrics);
+    // The internal listener outlives the drain (readiness must be seen
+    // failing); it stops with the process.
+    tokio::spawn(axum::serve(internal_listener, internal).into_future());
+    tracing::info!(
+        addr = %addr,
+        internal = %internal_addr,
+        node = state.node.id(),
+        "fanout listening"
+    );
     Ok(App {
         addr,
+        internal_addr,
         state,
         server,
     })
@@ -87,6 +136,11 @@ pub async fn spawn(cfg: Config, shutdown: Shutdown) -> anyhow::Result<App> {
 impl App {
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where /metrics, /healthz and /readyz are served.
+    pub fn internal_addr(&self) -> SocketAddr {
+        self.internal_addr
     }
 
     pub fn node(&self) -> &Node {

@@ -34,6 +34,17 @@ pub const ENV_API_TIMEOUT: &str = "FANOUT_API_TIMEOUT";
 pub const ENV_WS_READ_BUFFER: &str = "FANOUT_WS_READ_BUFFER";
 pub const ENV_WS_WRITE_BUFFER: &str = "FANOUT_WS_WRITE_BUFFER";
 pub const ENV_SHUTDOWN_GRACE: &str = "FANOUT_SHUTDOWN_GRACE";
+pub const ENV_INTERNAL_ADDR: &str = "FANOUT_INTERNAL_ADDR";
+pub const ENV_REDIS_URL: &str = "FANOUT_REDIS_URL";
+pub const ENV_REDIS_CLUSTER: &str = "FANOUT_REDIS_CLUSTER";
+pub const ENV_REDIS_SENTINEL: &str = "FANOUT_REDIS_SENTINEL";
+pub const ENV_REDIS_SENTINEL_MASTER: &str = "FANOUT_REDIS_SENTINEL_MASTER";
+pub const ENV_REDIS_PREFIX: &str = "FANOUT_REDIS_PREFIX";
+pub const ENV_REDIS_PUBSUB_CONNECTIONS: &str = "FANOUT_REDIS_PUBSUB_CONNECTIONS";
+pub const ENV_REDIS_TIMEOUT: &str = "FANOUT_REDIS_TIMEOUT";
+pub const ENV_REDIS_PROBE_INTERVAL: &str = "FANOUT_REDIS_PROBE_INTERVAL";
+pub const ENV_UNSUBSCRIBE_LINGER: &str = "FANOUT_UNSUBSCRIBE_LINGER";
+pub const ENV_QUERY_TIMEOUT: &str = "FANOUT_QUERY_TIMEOUT";
 pub const ENV_LOG: &str = "FANOUT_LOG";
 pub const ENV_LOG_FORMAT: &str = "FANOUT_LOG_FORMAT";
 
@@ -73,6 +84,55 @@ pub struct Config {
     /// Address for WebSocket clients and the HTTP API.
     #[arg(long, env = ENV_LISTEN, default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
+
+    /// Internal address for /metrics, /healthz and /readyz (keep it off the public network).
+    #[arg(long, env = ENV_INTERNAL_ADDR, default_value = "0.0.0.0:9090")]
+    pub internal_addr: SocketAddr,
+
+    /// Redis URL; without it (and without --redis-sentinel) fanout runs as a single node on
+    /// its in-process broker. `redis://[user:pass@]host:port`, `rediss://` for TLS,
+    /// `redis-cluster://host:port` for Redis Cluster, `redis-sentinel://sentinel:port
+    /// ?sentinelServiceName=mymaster` for Sentinel.
+    #[arg(long, env = ENV_REDIS_URL, hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Treat --redis-url as a seed node of a Redis Cluster (sharded pub/sub).
+    #[arg(long, env = ENV_REDIS_CLUSTER)]
+    pub redis_cluster: bool,
+
+    /// Sentinel addresses (`host:port`, comma-separated); credentials, TLS and database
+    /// come from --redis-url when given.
+    #[arg(long, env = ENV_REDIS_SENTINEL, value_delimiter = ',')]
+    pub redis_sentinel: Vec<String>,
+
+    /// Name of the master the sentinels watch.
+    #[arg(long, env = ENV_REDIS_SENTINEL_MASTER, default_value = "mymaster")]
+    pub redis_sentinel_master: String,
+
+    /// Prefix of every Redis channel (`<prefix>:user:<uid>`), so deployments can share a Redis.
+    #[arg(long, env = ENV_REDIS_PREFIX, default_value = "fanout")]
+    pub redis_prefix: String,
+
+    /// Subscriber connections per node; channels are spread over them.
+    #[arg(long, env = ENV_REDIS_PUBSUB_CONNECTIONS, default_value_t = 4)]
+    pub redis_pubsub_connections: usize,
+
+    /// Timeout of one Redis command and of connecting.
+    #[arg(long, env = ENV_REDIS_TIMEOUT, default_value = "5s", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
+
+    /// How often a probe message checks that every pub/sub connection delivers.
+    #[arg(long, env = ENV_REDIS_PROBE_INTERVAL, default_value = "5s", value_parser = parse_duration)]
+    pub redis_probe_interval: Duration,
+
+    /// How long a node stays subscribed to a channel after its last local subscriber left,
+    /// to absorb reconnect flapping (Redis broker only).
+    #[arg(long, env = ENV_UNSUBSCRIBE_LINGER, default_value = "1s", value_parser = parse_duration)]
+    pub unsubscribe_linger: Duration,
+
+    /// How long presence and stats queries wait for other nodes' answers.
+    #[arg(long, env = ENV_QUERY_TIMEOUT, default_value = "1s", value_parser = parse_duration)]
+    pub query_timeout: Duration,
 
     /// This node's id, shown to clients in `welcome.node` and in logs. Default: random.
     #[arg(long, env = ENV_NODE_ID)]
@@ -178,6 +238,17 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            internal_addr: SocketAddr::from(([0, 0, 0, 0], 9090)),
+            redis_url: None,
+            redis_cluster: false,
+            redis_sentinel: Vec::new(),
+            redis_sentinel_master: "mymaster".into(),
+            redis_prefix: "fanout".into(),
+            redis_pubsub_connections: 4,
+            redis_timeout: Duration::from_secs(5),
+            redis_probe_interval: Duration::from_secs(5),
+            unsubscribe_linger: Duration::from_secs(1),
+            query_timeout: Duration::from_secs(1),
             node_id: None,
             dev: false,
             jwt_algorithm: JwtAlgorithm::Hs256,
@@ -274,6 +345,9 @@ impl Config {
             (ENV_IDLE_TIMEOUT, self.idle_timeout),
             (ENV_WRITE_TIMEOUT, self.write_timeout),
             (ENV_API_TIMEOUT, self.api_timeout),
+            (ENV_REDIS_TIMEOUT, self.redis_timeout),
+            (ENV_REDIS_PROBE_INTERVAL, self.redis_probe_interval),
+            (ENV_QUERY_TIMEOUT, self.query_timeout),
         ] {
             need(!d.is_zero(), format!("{name} must be longer than 0s"));
         }
@@ -306,6 +380,26 @@ impl Config {
         need(
             self.max_groups > 0,
             format!("{ENV_MAX_GROUPS} must be at least 1"),
+        );
+        need(
+            (1..=64).contains(&self.redis_pubsub_connections),
+            format!("{ENV_REDIS_PUBSUB_CONNECTIONS} must be between 1 and 64"),
+        );
+        need(
+            !self.redis_prefix.is_empty()
+                && self.redis_prefix.len() <= 64
+                && self
+                    .redis_prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-{}".contains(&b)),
+            format!("{ENV_REDIS_PREFIX} must be 1-64 characters of A-Za-z0-9_.-{{}}"),
+        );
+        let redis_problem = self.redis_config().err();
+        need(
+            redis_problem.is_none(),
+            redis_problem
+                .map(|e| e.problems.join("; "))
+                .unwrap_or_default(),
         );
         if let Some(id) = &self.node_id {
             need(
@@ -340,6 +434,56 @@ impl Config {
                 }
             }
         }
+    }
+
+    /// The Redis connection settings, or `None` for the in-process broker.
+    pub fn redis_config(&self) -> Result<Option<fred::types::config::Config>, ConfigError> {
+        use fred::types::config::{ClusterDiscoveryPolicy, Config as Redis, Server, ServerConfig};
+        let fail = |msg: String| ConfigError {
+            problems: vec![msg],
+        };
+        let base = match &self.redis_url {
+            Some(url) => Some(
+                Redis::from_url(url)
+                    .map_err(|e| fail(format!("{ENV_REDIS_URL}: not a Redis URL ({e})")))?,
+            ),
+            None => None,
+        };
+        if !self.redis_sentinel.is_empty() {
+            let mut hosts = Vec::new();
+            for addr in &self.redis_sentinel {
+                let (host, port) = addr
+                    .rsplit_once(':')
+                    .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+                    .ok_or_else(|| {
+                        fail(format!("{ENV_REDIS_SENTINEL}: `{addr}` is not host:port"))
+                    })?;
+                hosts.push(Server::new(host, port));
+            }
+            let mut cfg = base.unwrap_or_default();
+            cfg.server = ServerConfig::Sentinel {
+                hosts,
+                service_name: self.redis_sentinel_master.clone(),
+                username: cfg.username.clone(),
+                password: cfg.password.clone(),
+            };
+            return Ok(Some(cfg));
+        }
+        let Some(mut cfg) = base else {
+            if self.redis_cluster {
+                return Err(fail(format!("{ENV_REDIS_CLUSTER} needs {ENV_REDIS_URL}")));
+            }
+            return Ok(None);
+        };
+        if self.redis_cluster {
+            if let ServerConfig::Centralized { server } = &cfg.server {
+                cfg.server = ServerConfig::Clustered {
+                    hosts: vec![server.clone()],
+                    policy: ClusterDiscoveryPolicy::default(),
+                };
+            }
+        }
+        Ok(Some(cfg))
     }
 
     /// True when `allowed_origins` contains `*`.

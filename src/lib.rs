@@ -33,6 +33,7 @@ pub mod broker;
 pub mod config;
 pub mod dev;
 pub mod hub;
+pub mod metrics;
 pub mod node;
 pub mod protocol;
 pub mod session;

@@ -113,9 +113,6 @@ struct Inner {
     queries: parking_lot::Mutex<HashMap<u64, PendingQuery>>,
     next_query: AtomicU64,
     next_conn: AtomicU64,
-    /// Message ids are `<random per-process prefix>-<sequence>`.
-    msg_prefix: String,
-    next_msg: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -153,8 +150,6 @@ impl Node {
                 queries: parking_lot::Mutex::new(HashMap::new()),
                 next_query: AtomicU64::new(1),
                 next_conn: AtomicU64::new(1),
-                msg_prefix: random_id(10),
-                next_msg: AtomicU64::new(1),
             }),
         }
     }
@@ -540,7 +535,7 @@ impl Node {
         data: Box<RawValue>,
         from: Option<String>,
     ) -> Publication {
-        let (id, ts) = self.next_id();
+        let (id, ts) = message_id();
         Publication {
             id,
             ts,
@@ -548,12 +543,6 @@ impl Node {
             data,
             from,
         }
-    }
-
-    /// A fresh message id and the current time in Unix milliseconds.
-    pub fn next_id(&self) -> (String, u64) {
-        let seq = self.inner.next_msg.fetch_add(1, Ordering::Relaxed);
-        (format!("{}-{seq:x}", self.inner.msg_prefix), unix_ms())
     }
 
     /// Publishes one message to every target. `all` makes the other targets
@@ -620,6 +609,16 @@ async fn sleep_until_opt(at: Option<Instant>) {
 fn push_text(session: &Session, text: String) {
     // A closing session needs no more replies.
     let _ = session.push(&Utf8Bytes::from(text));
+}
+
+/// A fresh message id and the current time in Unix milliseconds. Ids are
+/// `<random per-process prefix>-<sequence>`: unique across nodes and restarts
+/// without coordination.
+pub fn message_id() -> (String, u64) {
+    static PREFIX: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| random_id(10));
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let seq = NEXT.fetch_add(1, Ordering::Relaxed);
+    (format!("{}-{seq:x}", *PREFIX), unix_ms())
 }
 
 /// A uniformly random delay in `[lo, hi)` milliseconds (`lo` when empty).

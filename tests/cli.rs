@@ -122,7 +122,16 @@ fn missing_configuration_exits_64_naming_the_variable() {
 #[tokio::test]
 async fn dev_mode_banner_works_as_printed() {
     let mut child = fanout()
-        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--log", "warn"])
+        .args([
+            "serve",
+            "--dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--internal-addr",
+            "127.0.0.1:0",
+            "--log",
+            "warn",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -3,6 +3,7 @@
 //! (`{"error":{"code","message"}}`), including unknown paths and methods.
 
 pub mod error;
+pub mod internal;
 mod publish;
 mod users;
 

@@ -8,6 +8,7 @@
 //! out from there (Centrifugo's `BrokerEventHandler`).
 
 pub mod memory;
+pub mod redis;
 pub mod wire;
 
 use std::{future::Future, sync::Arc};
@@ -115,30 +116,35 @@ pub trait Broker: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub enum AnyBroker {
     Memory(memory::MemoryBroker),
+    Redis(redis::RedisBroker),
 }
 
 impl Broker for AnyBroker {
     async fn publish(&self, channel: &Channel, envelope: &Envelope) -> Result<usize, BrokerError> {
         match self {
             Self::Memory(b) => b.publish(channel, envelope).await,
+            Self::Redis(b) => b.publish(channel, envelope).await,
         }
     }
 
     async fn subscribe(&self, channels: &[Channel]) -> Result<(), BrokerError> {
         match self {
             Self::Memory(b) => b.subscribe(channels).await,
+            Self::Redis(b) => b.subscribe(channels).await,
         }
     }
 
     async fn unsubscribe(&self, channels: &[Channel]) -> Result<(), BrokerError> {
         match self {
             Self::Memory(b) => b.unsubscribe(channels).await,
+            Self::Redis(b) => b.unsubscribe(channels).await,
         }
     }
 
     async fn close(&self) {
         match self {
             Self::Memory(b) => b.close().await,
+            Self::Redis(b) => b.close().await,
         }
     }
 }

@@ -61,6 +61,7 @@ macro_rules! assert_eventually {
 pub fn config() -> Config {
     Config {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        internal_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         node_id: Some("test-node".into()),
         jwt_secret: Some(SECRET.into()),
         api_keys: vec![API_KEY.into(), API_KEY_2.into()],
