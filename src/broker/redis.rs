@@ -6,8 +6,9 @@
 //!   (by hash of the channel), so one killed or backlogged connection does
 //!   not cut the whole node off.
 //! - SUBSCRIBE/UNSUBSCRIBE requests are batched by one task: it gathers
-//!   requests while they keep arriving (up to [`BATCH_MAX_WAIT`]) and sends
-//!   one command per connection (per hash slot on a cluster).
+//!   requests while they keep arriving, in a window that grows under load
+//!   (up to [`BATCH_MAX_WAIT`]), and sends one command per connection (per
+//!   hash slot on a cluster).
 //! - Each connection's wanted channels are tracked here, not by fred (whose
 //!   resubscribe sends an empty SUBSCRIBE when only shard channels are
 //!   tracked, and which drops server-pushed `sunsubscribe`s during
@@ -45,10 +46,15 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use super::{Broker, BrokerError, BrokerEvent, Envelope, wire};
 use crate::{metrics, protocol::Channel};
 
-/// Longest a (un)subscribe request waits to be batched with others.
-pub const BATCH_MAX_WAIT: Duration = Duration::from_millis(25);
-/// A batch is sent once no new request arrived for this long.
-const BATCH_IDLE_GAP: Duration = Duration::from_millis(3);
+/// The batching window: how long a (un)subscribe request may wait to be
+/// sent with others. It starts at the minimum, doubles after each busy
+/// batch (a connection storm) up to the maximum, and halves after each quiet
+/// one, so a lone join waits a few milliseconds and a storm of thousands
+/// costs a few commands per second.
+const BATCH_MIN_WAIT: Duration = Duration::from_millis(5);
+pub const BATCH_MAX_WAIT: Duration = Duration::from_millis(250);
+/// A batch of at least this many requests counts as busy.
+const BATCH_BUSY: usize = 8;
 /// Most channels in one batch.
 const BATCH_MAX_CHANNELS: usize = 20_000;
 /// Most channels in one resubscribe command.
@@ -310,18 +316,20 @@ impl RedisBroker {
 
     /// Gathers (un)subscribe requests into batches and sends them.
     async fn batcher(self, mut ops: mpsc::Receiver<Op>) {
+        let mut window = BATCH_MIN_WAIT;
         loop {
             let first = tokio::select! {
                 () = self.inner.stop.cancelled() => return,
                 op = ops.recv() => match op { Some(op) => op, None => return },
             };
-            let deadline = tokio::time::Instant::now() + BATCH_MAX_WAIT;
+            let deadline = tokio::time::Instant::now() + window;
+            // Stop early when requests stop coming.
+            let gap = (window / 4).max(Duration::from_millis(3));
             let mut count = first.channels.len();
             let mut batch = vec![first];
             while count < BATCH_MAX_CHANNELS {
-                let wait = BATCH_IDLE_GAP
-                    .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
-                match tokio::time::timeout(wait, ops.recv()).await {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match tokio::time::timeout(gap.min(left), ops.recv()).await {
                     Ok(Some(op)) => {
                         count += op.channels.len();
                         batch.push(op);
@@ -329,6 +337,11 @@ impl RedisBroker {
                     Ok(None) | Err(_) => break,
                 }
             }
+            window = if batch.len() >= BATCH_BUSY {
+                (window * 2).min(BATCH_MAX_WAIT)
+            } else {
+                (window / 2).max(BATCH_MIN_WAIT)
+            };
             self.run_batch(batch).await;
         }
     }

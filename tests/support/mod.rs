@@ -7,6 +7,9 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod process;
+pub mod redis;
+
 use std::{net::SocketAddr, time::Duration};
 
 use fanout::{
@@ -360,6 +363,34 @@ impl Client {
             .await;
         assert_eq!(r, json!({"type": "joined", "id": id, "group": group}));
     }
+}
+
+/// A one-hour token for `uid` that may join and publish anywhere.
+pub fn mint(uid: &str) -> String {
+    Authenticator::new(
+        JwtAlgorithm::Hs256,
+        &JwtKey::Secret(SECRET.as_bytes().to_vec()),
+        None,
+        None,
+        &[],
+    )
+    .unwrap()
+    .mint(uid, &["*".into()], &["*".into()], Duration::from_secs(3600))
+    .unwrap()
+}
+
+/// Sum of a metric's samples whose label text contains `labels`
+/// (`""` matches every sample) in a Prometheus exposition.
+pub fn metric_value(text: &str, name: &str, labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let matches = series == name
+                || (series.starts_with(name) && series[name.len()..].starts_with('{'));
+            (matches && series.contains(labels)).then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
 }
 
 fn rand_id() -> i64 {

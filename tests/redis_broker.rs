@@ -1,0 +1,375 @@
+//! Several fanout processes on a real Redis act as one service: delivery
+//! across nodes (API and raw PUBLISH), subscriptions only where needed,
+//! cluster-wide presence and commands, outages, dead nodes, bad bodies and
+//! batched SUBSCRIBEs. Each test starts its own redis-server(s).
+
+mod support;
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use support::{Client, process::FanoutProcess, redis::RedisServer};
+
+fn node(id: &str, redis: &RedisServer) -> FanoutProcess {
+    FanoutProcess::start(
+        id,
+        &[
+            "--redis-url",
+            &redis.url(),
+            "--redis-probe-interval",
+            "500ms",
+        ],
+    )
+}
+
+/// Reads until a message with `id`; fails on any other message first.
+async fn expect_message(c: &mut Client, id: &str) -> Value {
+    let m = c.recv_type("message").await;
+    assert_eq!(m["id"], id, "{m}");
+    m
+}
+
+/// Publishes a marker to `uid` through `via` and returns its id.
+async fn marker(via: &FanoutProcess, uid: &str) -> String {
+    let (s, body) = via.publish(json!({"users": [uid]}), json!("marker")).await;
+    assert_eq!(s, 200, "{body}");
+    body["id"].as_str().unwrap().to_owned()
+}
+
+/// What `c` reads before the message `id`: a duplicate or stray message
+/// would show up here.
+async fn read_until(c: &mut Client, id: &str) -> Vec<Value> {
+    let mut before = Vec::new();
+    loop {
+        let v = c.recv().await;
+        if v["id"] == id {
+            return before;
+        }
+        before.push(v);
+    }
+}
+
+/// Three nodes: messages published through node B's API and with a raw
+/// PUBLISH reach the user's connections on A and C exactly once; B, which
+/// holds no such user, is not subscribed and receives nothing.
+#[tokio::test]
+async fn three_nodes_deliver_once_and_only_where_needed() {
+    if !support::redis::available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let (a, b, c) = (node("a", &redis), node("b", &redis), node("c", &redis));
+    let mut on_a = a.client("u1").await;
+    let mut on_c = c.client("u1").await;
+    assert_eq!(redis.numsub("fanout:user:u1"), 2);
+    let received_before = b.metric("fanout_broker_messages_received_total", "").await;
+
+    let (s, body) = b
+        .publish(json!({"users": ["u1", "ghost"]}), json!("via-api"))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["offline_users"], json!(["ghost"]));
+    let api_id = body["id"].as_str().unwrap().to_owned();
+    redis.cli(&[
+        "PUBLISH",
+        "fanout:user:u1",
+        r#"{"event":"raw","data":{"n":1},"id":"raw-1","ts":5}"#,
+    ]);
+    for client in [&mut on_a, &mut on_c] {
+        let m = expect_message(client, &api_id).await;
+        assert_eq!(
+            (m["channel"].as_str(), m["data"].as_str()),
+            (Some("user:u1"), Some("via-api"))
+        );
+        let m = expect_message(client, "raw-1").await;
+        assert_eq!(
+            (m["event"].as_str(), m["ts"].as_u64()),
+            (Some("raw"), Some(5))
+        );
+        assert_eq!(m["data"], json!({"n": 1}));
+    }
+    let end = marker(&b, "u1").await;
+    for client in [&mut on_a, &mut on_c] {
+        assert_eq!(
+            read_until(client, &end).await,
+            Vec::<Value>::new(),
+            "exactly once"
+        );
+    }
+    let received_after = b.metric("fanout_broker_messages_received_total", "").await;
+    assert_eq!(
+        received_before, received_after,
+        "B received user messages it has no client for"
+    );
+
+    // Presence and stats are cluster-wide, asked of any node.
+    let (_, user) = b.api(Method::GET, "/api/users/u1", None).await;
+    assert_eq!(user, json!({"uid": "u1", "online": true, "connections": 2}));
+    let (_, stats) = b.api(Method::GET, "/api/stats", None).await;
+    assert_eq!(
+        (stats["nodes"].as_u64(), stats["connections"].as_u64()),
+        (Some(3), Some(2))
+    );
+}
+
+/// Groups and broadcasts span nodes; kick and server-side join issued on
+/// one node act on the user's connections on every node.
+#[tokio::test]
+async fn groups_broadcast_kick_and_server_join_across_nodes() {
+    if !support::redis::available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let (a, b) = (node("a", &redis), node("b", &redis));
+    let mut x_a = a.client("x").await;
+    let mut x_b = b.client("x").await;
+    let mut y_b = b.client("y").await;
+    x_a.join("room").await;
+    y_b.join("room").await;
+
+    let (_, body) = a.publish(json!({"groups": ["room"]}), json!(1)).await;
+    let gid = body["id"].as_str().unwrap().to_owned();
+    expect_message(&mut x_a, &gid).await;
+    expect_message(&mut y_b, &gid).await;
+    let end = marker(&a, "x").await;
+    assert_eq!(
+        read_until(&mut x_b, &end).await,
+        Vec::<Value>::new(),
+        "x on b is not in the room"
+    );
+    expect_message(&mut x_a, &end).await;
+
+    let (_, body) = b.publish(json!({"all": true}), json!(2)).await;
+    let all = body["id"].as_str().unwrap().to_owned();
+    for c in [&mut x_a, &mut x_b, &mut y_b] {
+        assert_eq!(expect_message(c, &all).await["channel"], "all");
+    }
+
+    let (s, body) = a.api(Method::PUT, "/api/users/x/groups/team", None).await;
+    assert_eq!((s, body["online"].as_bool()), (200, Some(true)));
+    for c in [&mut x_a, &mut x_b] {
+        assert_eq!(c.recv().await, json!({"type": "joined", "group": "team"}));
+    }
+    let (_, body) = b.publish(json!({"groups": ["team"]}), json!(3)).await;
+    let tid = body["id"].as_str().unwrap().to_owned();
+    expect_message(&mut x_a, &tid).await;
+    expect_message(&mut x_b, &tid).await;
+
+    let (_, body) = b.api(Method::POST, "/api/users/x/disconnect", None).await;
+    assert_eq!(body["disconnected"], true);
+    x_a.expect_bye("kicked", 3503).await;
+    x_b.expect_bye("kicked", 3503).await;
+    assert_eq!(
+        y_b.call(json!({"type": "ping", "id": 1})).await["type"],
+        "pong"
+    );
+    assert_eventually!(a.api(Method::GET, "/api/users/x", None).await.1["online"] == false);
+}
+
+/// Redis killed and restarted on the same port: clients stay connected,
+/// publishes during the outage get 503 (and readiness fails), and delivery
+/// resumes after the restart.
+#[tokio::test]
+async fn redis_outage_keeps_clients_and_recovers() {
+    if !support::redis::available() {
+        return;
+    }
+    let mut redis = RedisServer::start();
+    let a = node("a", &redis);
+    let b = node("b", &redis);
+    let mut on_a = a.client("u").await;
+    on_a.join("g").await;
+    assert_eq!(a.internal_get("/readyz").await.0, 200);
+
+    redis.kill();
+    let (s, body) = b.publish(json!({"users": ["u"]}), json!("lost")).await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (503, Some("broker_unavailable")),
+        "{body}"
+    );
+    assert_eventually!(a.internal_get("/readyz").await.0 == 503);
+    let (_, ready) = a.internal_get("/readyz").await;
+    assert!(
+        ready.contains("redis_disconnected") || ready.contains("pubsub_probe_failing"),
+        "{ready}"
+    );
+    assert_eq!(
+        on_a.call(json!({"type": "ping", "id": 1})).await["type"],
+        "pong"
+    );
+
+    redis.restart();
+    assert_eventually!(a.internal_get("/readyz").await.0 == 200);
+    // Delivery resumes on both the user and the group channel, published
+    // from the other node.
+    for to in [json!({"users": ["u"]}), json!({"groups": ["g"]})] {
+        let mut delivered = false;
+        for _ in 0..50 {
+            let (s, body) = b.publish(to.clone(), json!("after")).await;
+            if s == 200 {
+                expect_message(&mut on_a, body["id"].as_str().unwrap()).await;
+                delivered = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(delivered, "no delivery after the restart to {to}");
+    }
+    assert!(a.metric("fanout_broker_reconnects_total", "").await >= 1.0);
+    assert_eq!(
+        a.metric("fanout_broker_resubscribe_duration_seconds_count", "")
+            .await
+            > 0.0,
+        true
+    );
+}
+
+/// A SIGKILLed node leaves no ghost: its users read offline.
+#[tokio::test]
+async fn killed_node_leaves_no_ghost() {
+    if !support::redis::available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let mut a = node("a", &redis);
+    let b = node("b", &redis);
+    let _client = a.client("doomed").await;
+    let (_, user) = b.api(Method::GET, "/api/users/doomed", None).await;
+    assert_eq!(user["online"], true);
+    a.kill();
+    assert_eventually!(b.api(Method::GET, "/api/users/doomed", None).await.1["online"] == false);
+    let (_, body) = b.publish(json!({"users": ["doomed"]}), json!(1)).await;
+    assert_eq!(body["offline_users"], json!(["doomed"]));
+    assert_eventually!(b.api(Method::GET, "/api/stats", None).await.1["nodes"] == 1);
+}
+
+/// Bodies that are not fanout JSON, published straight to Redis, are
+/// dropped and counted; the client stays connected and valid ones arrive.
+#[tokio::test]
+async fn invalid_direct_publishes_are_dropped_and_counted() {
+    if !support::redis::available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let a = node("a", &redis);
+    let mut c = a.client("u").await;
+    let dropped = |reason: &'static str| {
+        let a = &a;
+        async move {
+            a.metric(
+                "fanout_broker_messages_dropped_total",
+                &format!("reason=\"{reason}\""),
+            )
+            .await
+        }
+    };
+    let (json_before, field_before) = (
+        dropped("invalid_json").await,
+        dropped("invalid_field").await,
+    );
+    for body in [
+        "not json",
+        "{\"event\":",
+        "[1,2]",
+        "{\"event\":7}",
+        "{\"cmd\":\"explode\"}",
+    ] {
+        redis.cli(&["PUBLISH", "fanout:user:u", body]);
+    }
+    redis.cli(&["PUBLISH", "fanout:user:u", r#"{"event":"ok","data":true}"#]);
+    let m = c.recv().await;
+    assert_eq!(
+        (m["type"].as_str(), m["event"].as_str()),
+        (Some("message"), Some("ok")),
+        "{m}"
+    );
+    assert!(
+        m["id"].as_str().is_some_and(|id| !id.is_empty()),
+        "the node filled in an id: {m}"
+    );
+    assert_eq!(dropped("invalid_json").await - json_before, 2.0);
+    assert_eq!(dropped("invalid_field").await - field_before, 2.0);
+    assert!(dropped("unknown_command").await >= 1.0);
+    assert_eq!(
+        c.call(json!({"type": "ping", "id": 1})).await["type"],
+        "pong"
+    );
+}
+
+/// 5,000 distinct users connecting at once cost a handful of SUBSCRIBE
+/// commands, not thousands; the node is subscribed to every one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_burst_costs_a_handful_of_subscribes() {
+    if !support::redis::available() {
+        return;
+    }
+    const N: usize = 5_000;
+    let redis = RedisServer::start();
+    // One pub/sub connection, so each batch is exactly one SUBSCRIBE (with
+    // the default four, a batch costs up to four).
+    let a = FanoutProcess::start(
+        "a",
+        &[
+            "--redis-url",
+            &redis.url(),
+            "--redis-pubsub-connections",
+            "1",
+        ],
+    );
+    let before = redis.command_calls("subscribe");
+    let tokens: Vec<String> = (0..N)
+        .map(|i| support::mint(&format!("burst-{i}")))
+        .collect();
+    let url = format!("ws://{}/ws", a.addr);
+    let mut clients = Vec::with_capacity(N);
+    for chunk in tokens.chunks(500) {
+        let connects = chunk.iter().map(|t| {
+            let url = format!("{url}?token={t}");
+            async move {
+                let mut c = Client::connect(&url).await;
+                assert_eq!(c.recv().await["type"], "welcome");
+                c
+            }
+        });
+        clients.extend(futures_util::future::join_all(connects).await);
+    }
+    let subscribes = redis.command_calls("subscribe") - before;
+    eprintln!("{N} connections cost {subscribes} SUBSCRIBE commands");
+    assert!(
+        subscribes <= 100,
+        "{subscribes} SUBSCRIBE commands for {N} users"
+    );
+    for i in [0, N / 2, N - 1] {
+        assert_eq!(redis.numsub(&format!("fanout:user:burst-{i}")), 1);
+    }
+    let (_, stats) = a.api(Method::GET, "/api/stats", None).await;
+    assert_eq!(stats["connections"], N as u64);
+    drop(clients);
+    // After the linger, the node lets go of every user channel.
+    assert_eventually!(
+        redis.numsub("fanout:user:burst-0") == 0
+            && redis.numsub(&format!("fanout:user:burst-{}", N - 1)) == 0
+    );
+}
+
+/// A user that reconnects within the linger costs no SUBSCRIBE at all.
+#[tokio::test]
+async fn reconnect_within_linger_costs_no_subscribe() {
+    if !support::redis::available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let a = FanoutProcess::start(
+        "a",
+        &["--redis-url", &redis.url(), "--unsubscribe-linger", "30s"],
+    );
+    let c = a.client("flappy").await;
+    drop(c);
+    assert_eventually!(a.api(Method::GET, "/api/users/flappy", None).await.1["online"] == false);
+    let before = redis.command_calls("subscribe");
+    let _c = a.client("flappy").await;
+    assert_eq!(redis.command_calls("subscribe"), before);
+    assert_eq!(redis.numsub("fanout:user:flappy"), 1);
+}

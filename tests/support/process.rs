@@ -1,0 +1,168 @@
+//! fanout as a real process: `fanout serve` with the given flags, its
+//! client and internal addresses read from its JSON log, its output kept
+//! for failure reports, killed on drop.
+
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex, mpsc},
+};
+
+use serde_json::{Value, json};
+
+use super::{API_KEY, API_KEY_2, Client, SECRET, read};
+
+pub struct FanoutProcess {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub internal: SocketAddr,
+    pub node_id: String,
+    log: Arc<Mutex<Vec<String>>>,
+    http: reqwest::Client,
+}
+
+impl FanoutProcess {
+    /// Starts `fanout serve` as node `node_id` with extra flags.
+    pub fn start(node_id: &str, args: &[&str]) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fanout"));
+        for (key, _) in std::env::vars() {
+            if key.starts_with("FANOUT_") {
+                cmd.env_remove(key);
+            }
+        }
+        let mut child = cmd
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--internal-addr",
+                "127.0.0.1:0",
+                "--node-id",
+                node_id,
+                "--log-format",
+                "json",
+                "--log",
+                "info",
+            ])
+            .args(args)
+            .env("FANOUT_JWT_SECRET", SECRET)
+            .env("FANOUT_API_KEYS", format!("{API_KEY},{API_KEY_2}"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("fanout starts");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let (log, tx) = (log.clone(), tx.clone());
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                        if v["fields"]["message"] == "fanout listening" {
+                            let _ = tx.send(v["fields"].clone());
+                        }
+                    }
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let mut p = Self {
+            child: Some(child),
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            internal: SocketAddr::from(([127, 0, 0, 1], 0)),
+            node_id: node_id.to_owned(),
+            log,
+            http: reqwest::Client::new(),
+        };
+        match rx.recv_timeout(super::patience()) {
+            Ok(fields) => {
+                p.addr = fields["addr"].as_str().unwrap().parse().unwrap();
+                p.internal = fields["internal"].as_str().unwrap().parse().unwrap();
+            }
+            Err(_) => panic!("fanout {node_id} did not start:\n{}", p.log()),
+        }
+        p
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// SIGKILL: the node dies without any cleanup.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// A client of `uid` on this node, past its welcome frame.
+    pub async fn client(&self, uid: &str) -> Client {
+        let token = super::mint(uid);
+        let mut c = Client::connect(&format!("ws://{}/ws?token={token}", self.addr)).await;
+        let w = c.recv().await;
+        assert_eq!(w["type"], "welcome", "{w}");
+        assert_eq!(w["node"], self.node_id);
+        c
+    }
+
+    pub async fn api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("http://{}{path}", self.addr))
+            .bearer_auth(API_KEY);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        read(req.send().await.unwrap()).await
+    }
+
+    pub async fn publish(&self, to: Value, data: Value) -> (u16, Value) {
+        self.api(
+            reqwest::Method::POST,
+            "/api/publish",
+            Some(json!({"to": to, "event": "e", "data": data})),
+        )
+        .await
+    }
+
+    pub async fn internal_get(&self, path: &str) -> (u16, String) {
+        let res = self
+            .http
+            .get(format!("http://{}{path}", self.internal))
+            .send()
+            .await
+            .unwrap();
+        (res.status().as_u16(), res.text().await.unwrap())
+    }
+
+    /// A counter's value (summed over label sets matching `labels`).
+    pub async fn metric(&self, name: &str, labels: &str) -> f64 {
+        let (_, text) = self.internal_get("/metrics").await;
+        super::metric_value(&text, name, labels)
+    }
+}
+
+impl Drop for FanoutProcess {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("--- fanout {} log ---\n{}", self.node_id, self.log());
+        }
+    }
+}
