@@ -5,7 +5,7 @@ CARGO ?= cargo
 LISTEN ?= 127.0.0.1:8080
 INTERNAL ?= 127.0.0.1:9090
 
-.PHONY: run build test fmt fmt-check lint unit-test
+.PHONY: run build test fmt fmt-check lint unit-test ensure-redis
 
 ## Build and start a development node (generated secret and API key, printed).
 run:
@@ -26,9 +26,15 @@ fmt-check:
 lint:
 	$(CARGO) clippy --all-targets -- -D warnings
 
-unit-test:
+# Integration tests start their own redis-server processes; with
+# FANOUT_REQUIRE_REDIS=1 a missing redis-server fails them instead of
+# skipping them.
+unit-test: ensure-redis
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-		$(CARGO) nextest run --no-fail-fast; \
+		FANOUT_REQUIRE_REDIS=1 $(CARGO) nextest run --no-fail-fast; \
 	else \
-		$(CARGO) test --no-fail-fast; \
+		FANOUT_REQUIRE_REDIS=1 $(CARGO) test --no-fail-fast; \
 	fi
+
+ensure-redis:
+	@.ci/ensure-redis.sh
