@@ -512,3 +512,65 @@ async fn sentinel_failover_resumes_delivery() {
     let _ = std::fs::remove_file(&conf);
     assert!(delivered, "no delivery after the failover");
 }
+
+/// When the slot of a user's channel moves to another master (resharding),
+/// the node notices and resubscribes there: delivery resumes.
+#[tokio::test]
+async fn cluster_resharding_leads_to_a_resubscribe() {
+    if !support::redis::available() {
+        return;
+    }
+    let cluster = support::redis::RedisCluster::start(3);
+    let url = cluster.url();
+    let a = FanoutProcess::start(
+        "a",
+        &["--redis-url", &url, "--redis-probe-interval", "300ms"],
+    );
+    let mut c = a.client("mover").await;
+    let channel = "fanout:user:mover";
+    let (_, body) = a
+        .publish(json!({"users": ["mover"]}), json!("before"))
+        .await;
+    expect_message(&mut c, body["id"].as_str().unwrap()).await;
+
+    let slot = cluster.nodes[0]
+        .cli(&["CLUSTER", "KEYSLOT", channel])
+        .trim()
+        .to_owned();
+    let src = cluster.owner_of(channel);
+    let dst = cluster
+        .nodes
+        .iter()
+        .map(|n| n.port)
+        .find(|p| *p != src)
+        .unwrap();
+    let id = |port: u16| {
+        support::redis::cli(port, &["CLUSTER", "MYID"])
+            .trim()
+            .to_owned()
+    };
+    let (src_id, dst_id) = (id(src), id(dst));
+    support::redis::cli(dst, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &src_id]);
+    support::redis::cli(src, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &dst_id]);
+    for n in &cluster.nodes {
+        n.cli(&["CLUSTER", "SETSLOT", &slot, "NODE", &dst_id]);
+    }
+    assert_eventually!(cluster.owner_of(channel) == dst);
+    let shardnumsub = || {
+        support::redis::cli(dst, &["PUBSUB", "SHARDNUMSUB", channel])
+            .lines()
+            .nth(1)
+            .map(|l| l.trim().to_owned())
+    };
+    assert_eventually!(
+        shardnumsub().as_deref() == Some("1"),
+        "never resubscribed on the new owner"
+    );
+    let (s, body) = a.publish(json!({"users": ["mover"]}), json!("after")).await;
+    assert_eq!(
+        (s, body["offline_users"].clone()),
+        (200, json!([])),
+        "{body}"
+    );
+    expect_message(&mut c, body["id"].as_str().unwrap()).await;
+}

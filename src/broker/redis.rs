@@ -33,7 +33,7 @@ use std::{
 use fred::{
     clients::{Client, SubscriberClient},
     error::Error as FredError,
-    interfaces::{ClientLike, EventInterface, PubsubInterface},
+    interfaces::{ClientLike, ClusterInterface, EventInterface, PubsubInterface},
     types::{
         Builder,
         config::{Config as FredConfig, ReconnectPolicy},
@@ -98,6 +98,8 @@ struct Inner {
     /// (Un)subscribe requests; the batcher task receives.
     ops: mpsc::Sender<Op>,
     probe_ok: AtomicBool,
+    /// Fingerprint of the cluster slot map when the broker connected.
+    slot_map_at_start: Option<u64>,
     /// Stops every background task on `close`.
     stop: CancellationToken,
 }
@@ -159,6 +161,8 @@ impl RedisBroker {
             .with_connection_config(|c| {
                 c.connection_timeout = opts.command_timeout;
                 c.internal_command_timeout = opts.command_timeout;
+                // Never resend a PUBLISH that may have gone out: a 503 the
+                // caller can retry beats a duplicate every client sees.
                 c.max_command_attempts = 1;
             })
             // Without a policy fred never reconnects.
@@ -180,6 +184,12 @@ impl RedisBroker {
                 probe_seen: AtomicU64::new(0),
             });
         }
+        let hasher = RandomState::new();
+        let slot_map_at_start = if clustered {
+            slot_map_hash(&publisher, &hasher).await
+        } else {
+            None
+        };
         let (ops_tx, ops_rx) = mpsc::channel(65_536);
         let broker = Self {
             inner: Arc::new(Inner {
@@ -187,7 +197,8 @@ impl RedisBroker {
                 clustered,
                 publisher,
                 shards,
-                hasher: RandomState::new(),
+                hasher,
+                slot_map_at_start,
                 ops: ops_tx,
                 probe_ok: AtomicBool::new(true),
                 stop: CancellationToken::new(),
@@ -473,10 +484,15 @@ impl RedisBroker {
     async fn prober(self, interval: Duration) {
         let mut misses = vec![0u32; self.inner.shards.len()];
         let mut seq = 0u64;
+        // The map subscriptions were made against: read before any.
+        let mut slot_map = self.inner.slot_map_at_start;
         loop {
             tokio::select! {
                 () = self.inner.stop.cancelled() => return,
                 () = tokio::time::sleep(interval) => {}
+            }
+            if self.inner.clustered {
+                self.check_slot_map(&mut slot_map).await;
             }
             // Check the previous round, then send the next.
             let mut all_ok = true;
@@ -531,6 +547,32 @@ impl RedisBroker {
         }
     }
 
+    /// Redis moves sharded subscriptions with their slot only by telling
+    /// the client `sunsubscribe`, which fred drops. So the slot map is
+    /// compared every probe interval; when it changed, every connection
+    /// refreshes its routing and resubscribes on the new owners.
+    async fn check_slot_map(&self, last: &mut Option<u64>) {
+        let Some(hash) = slot_map_hash(&self.inner.publisher, &self.inner.hasher).await else {
+            return;
+        };
+        let changed = last.is_some_and(|h| h != hash);
+        *last = Some(hash);
+        if !changed {
+            return;
+        }
+        tracing::info!("Redis Cluster slots moved; resubscribing on the new owners");
+        metrics::broker_reconnected();
+        if let Err(e) = self.inner.publisher.sync_cluster().await {
+            tracing::warn!(error = %e, "cannot refresh the publisher's cluster routing");
+        }
+        for shard in &self.inner.shards {
+            if let Err(e) = shard.client.sync_cluster().await {
+                tracing::warn!(error = %e, "cannot refresh the cluster routing");
+            }
+            self.resubscribe_all(shard).await;
+        }
+    }
+
     async fn op(&self, kind: OpKind, channels: &[Channel]) -> Result<(), BrokerError> {
         let (done, rx) = oneshot::channel();
         let op = Op {
@@ -544,6 +586,18 @@ impl RedisBroker {
             .await
             .map_err(|_| BrokerError::Closed)?;
         rx.await.map_err(|_| BrokerError::Closed)?
+    }
+}
+
+/// A fingerprint of the cluster's slot map (`CLUSTER SLOTS`).
+async fn slot_map_hash(publisher: &Client, hasher: &RandomState) -> Option<u64> {
+    let slots: Result<fred::types::Value, FredError> = publisher.cluster_slots().await;
+    match slots {
+        Ok(slots) => Some(hasher.hash_one(format!("{slots:?}"))),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the cluster slot map");
+            None
+        }
     }
 }
 

@@ -198,9 +198,19 @@ impl RedisCluster {
     pub fn start(masters: usize) -> Self {
         let nodes: Vec<RedisServer> = (0..masters)
             .map(|_| {
+                // The bus port is port + 10000 unless set: past 65535 for
+                // ports from the ephemeral range.
+                let bus = free_port().to_string();
                 RedisServer::start_with(
                     free_port(),
-                    &["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"],
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-node-timeout",
+                        "2000",
+                        "--cluster-port",
+                        &bus,
+                    ],
                 )
             })
             .collect();
