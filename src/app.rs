@@ -15,8 +15,9 @@ use crate::{
         redis::{RedisBroker, RedisOptions},
     },
     config::Config,
+    ids::random_id,
     metrics,
-    node::{Node, NodeOptions, random_id},
+    node::{Node, NodeOptions},
     shutdown::{self, Shutdown},
     state::AppState,
 };

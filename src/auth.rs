@@ -8,17 +8,14 @@
 //! time against every configured key, so neither the position of the
 //! matching key nor its length leaks through timing.
 
-use std::{
-    fmt,
-    sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{fmt, sync::Arc, time::Duration};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+pub use crate::ids::unix_now;
 use crate::protocol::is_valid_name;
 
 /// The JWT signature algorithms fanout accepts (one at a time).
@@ -127,15 +124,17 @@ impl Patterns {
 pub struct Claims {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub: Option<Subject>,
-    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp: Option<u64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub publish: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
+    /// A string or an array of strings (RFC 7519); jsonwebtoken checks it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
+    pub aud: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
 }
@@ -202,15 +201,22 @@ impl Authenticator {
         let mut validation = Validation::new(algorithm.jwt());
         validation.leeway = 0;
         validation.validate_nbf = true;
-        // `sub` is checked below: jsonwebtoken's own check rejects numeric subjects.
-        validation.set_required_spec_claims(&["exp"]);
+        // `sub` is checked below: jsonwebtoken's own check rejects numeric
+        // subjects. A configured issuer or audience must be present, not
+        // merely correct when present.
+        let mut required = vec!["exp"];
         if let Some(iss) = &issuer {
             validation.set_issuer(&[iss]);
+            required.push("iss");
         }
         match &audience {
-            Some(aud) => validation.set_audience(&[aud]),
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
+        validation.set_required_spec_claims(&required);
         Ok(Self {
             decoding,
             encoding,
@@ -234,15 +240,21 @@ impl Authenticator {
                 ErrorKind::InvalidIssuer => AuthError::InvalidToken("wrong issuer"),
                 ErrorKind::InvalidAudience => AuthError::InvalidToken("wrong audience"),
                 ErrorKind::ImmatureSignature => AuthError::InvalidToken("not valid yet"),
-                ErrorKind::MissingRequiredClaim(_) => {
-                    AuthError::InvalidToken("missing the `exp` claim")
-                }
-                ErrorKind::InvalidClaimFormat(_) | ErrorKind::Json(_) => {
-                    AuthError::InvalidToken("malformed claims")
+                ErrorKind::MissingRequiredClaim(c) => match c.as_str() {
+                    "iss" => AuthError::InvalidToken("missing the `iss` claim"),
+                    "aud" => AuthError::InvalidToken("missing the `aud` claim"),
+                    _ => AuthError::InvalidToken("missing the `exp` claim"),
+                },
+                ErrorKind::InvalidClaimFormat(_) => AuthError::InvalidToken("malformed claims"),
+                ErrorKind::Json(_) | ErrorKind::Base64(_) | ErrorKind::Utf8(_) => {
+                    AuthError::InvalidToken("malformed token (header or claims)")
                 }
                 _ => AuthError::InvalidToken("malformed token"),
             })?;
         let claims = data.claims;
+        let Some(exp) = claims.exp else {
+            return Err(AuthError::InvalidToken("missing the `exp` claim"));
+        };
         let uid = match claims.sub {
             Some(Subject::Text(s)) => s,
             Some(Subject::Number(n)) => n.to_string(),
@@ -253,7 +265,7 @@ impl Authenticator {
         }
         Ok(Credentials {
             uid: uid.into(),
-            exp: claims.exp,
+            exp,
             groups: Patterns::new(&claims.groups),
             publish: Patterns::new(&claims.publish),
         })
@@ -271,11 +283,11 @@ impl Authenticator {
         let now = unix_now();
         let claims = Claims {
             sub: Some(Subject::Text(uid.to_owned())),
-            exp: now + ttl.as_secs(),
+            exp: Some(now + ttl.as_secs()),
             groups: groups.to_vec(),
             publish: publish.to_vec(),
             iss: self.issuer.clone(),
-            aud: self.audience.clone(),
+            aud: self.audience.clone().map(serde_json::Value::String),
             iat: Some(now),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, key)
@@ -297,13 +309,6 @@ impl Authenticator {
 
 fn digest(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
-}
-
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]
@@ -348,6 +353,50 @@ mod tests {
         let a = hs();
         assert!(a.check_api_key("k1") && a.check_api_key("k2"));
         assert!(!a.check_api_key("k") && !a.check_api_key("k12") && !a.check_api_key(""));
+    }
+
+    #[test]
+    fn configured_issuer_and_audience_must_be_present() {
+        let a = Authenticator::new(
+            JwtAlgorithm::Hs256,
+            &JwtKey::Secret(b"s3cret".to_vec()),
+            Some("me".into()),
+            Some("app".into()),
+            &[],
+        )
+        .unwrap();
+        let key = EncodingKey::from_secret(b"s3cret");
+        let token = |claims: serde_json::Value| {
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap()
+        };
+        let exp = unix_now() + 60;
+        assert!(
+            a.verify(&token(
+                serde_json::json!({"sub": "1", "exp": exp, "iss": "me", "aud": "app"})
+            ))
+            .is_ok()
+        );
+        assert!(
+            a.verify(&token(
+                serde_json::json!({"sub": "1", "exp": exp, "iss": "me", "aud": ["x", "app"]})
+            ))
+            .is_ok()
+        );
+        for bad in [
+            serde_json::json!({"sub": "1", "exp": exp, "aud": "app"}),
+            serde_json::json!({"sub": "1", "exp": exp, "iss": "me"}),
+            serde_json::json!({"sub": "1", "exp": exp, "iss": "other", "aud": "app"}),
+            serde_json::json!({"sub": "1", "exp": exp, "iss": "me", "aud": "other"}),
+            serde_json::json!({"sub": "1", "iss": "me", "aud": "app"}),
+        ] {
+            assert!(a.verify(&token(bad.clone())).is_err(), "{bad}");
+        }
+        // Minted tokens carry both, so they pass.
+        let t = a.mint("1", &[], &[], Duration::from_secs(60)).unwrap();
+        assert!(a.verify(&t).is_ok());
+        // Without a configured audience, an array audience is fine.
+        let t = token(serde_json::json!({"sub": "1", "exp": exp, "aud": ["a", "b"]}));
+        assert!(hs().verify(&t).is_ok());
     }
 
     #[test]

@@ -8,7 +8,7 @@
 
 use std::{net::SocketAddr, path::Path, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, builder::BoolishValueParser};
 
 use crate::auth::{JwtAlgorithm, JwtKey};
 
@@ -91,13 +91,14 @@ pub struct Config {
 
     /// Redis URL; without it (and without --redis-sentinel) fanout runs as a single node on
     /// its in-process broker. `redis://[user:pass@]host:port`, `rediss://` for TLS,
-    /// `redis-cluster://host:port` for Redis Cluster, `redis-sentinel://sentinel:port
-    /// ?sentinelServiceName=mymaster` for Sentinel.
+    /// `redis-cluster://host:port` for Redis Cluster,
+    /// `redis-sentinel://sentinel:port?sentinelServiceName=mymaster` for Sentinel.
     #[arg(long, env = ENV_REDIS_URL, hide_env_values = true)]
     pub redis_url: Option<String>,
 
     /// Treat --redis-url as a seed node of a Redis Cluster (sharded pub/sub).
-    #[arg(long, env = ENV_REDIS_CLUSTER)]
+    #[arg(long, env = ENV_REDIS_CLUSTER, value_parser = BoolishValueParser::new(),
+          num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     pub redis_cluster: bool,
 
     /// Sentinel addresses (`host:port`, comma-separated); credentials, TLS and database
@@ -140,7 +141,8 @@ pub struct Config {
 
     /// Development mode: generate a JWT secret and an API key when none is set, allow any
     /// Origin, and print a ready-to-use token, browser snippet and curl command.
-    #[arg(long, env = ENV_DEV)]
+    #[arg(long, env = ENV_DEV, value_parser = BoolishValueParser::new(),
+          num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     pub dev: bool,
 
     /// JWT signature algorithm clients' tokens must use (the only one accepted).
@@ -177,7 +179,7 @@ pub struct Config {
     pub auth_timeout: Duration,
 
     /// Interval of server WebSocket pings (the first comes at a random point in
-    /// [interval/2, interval]).
+    /// [interval/2, interval)).
     #[arg(long, env = ENV_HEARTBEAT, default_value = "25s", value_parser = parse_duration)]
     pub heartbeat: Duration,
 
@@ -442,6 +444,23 @@ impl Config {
         let fail = |msg: String| ConfigError {
             problems: vec![msg],
         };
+        const SCHEMES: [&str; 8] = [
+            "redis://",
+            "rediss://",
+            "redis-cluster://",
+            "rediss-cluster://",
+            "redis-sentinel://",
+            "rediss-sentinel://",
+            "valkey://",
+            "valkeys://",
+        ];
+        if let Some(url) = &self.redis_url {
+            if !SCHEMES.iter().any(|s| url.starts_with(s)) {
+                return Err(fail(format!(
+                    "{ENV_REDIS_URL} must start with redis://, rediss://, redis-cluster:// or redis-sentinel://"
+                )));
+            }
+        }
         let base = match &self.redis_url {
             Some(url) => Some(
                 Redis::from_url(url)

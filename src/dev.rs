@@ -50,6 +50,16 @@ pub fn banner(cfg: &Config, auth: &Authenticator, addr: SocketAddr) -> String {
         .as_deref()
         .unwrap_or("<public key configured>");
     let key = cfg.api_keys.first().map_or("", String::as_str);
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|p| {
+            let cwd = std::env::current_dir().ok()?;
+            Some(match p.strip_prefix(&cwd) {
+                Ok(rel) => format!("./{}", rel.display()),
+                Err(_) => p.display().to_string(),
+            })
+        })
+        .unwrap_or_else(|| "fanout".into());
     format!(
         r#"
 fanout is running in development mode on http://{host}
@@ -61,7 +71,7 @@ A token for uid "{DEV_UID}" (24h, may join and publish to any group):
 
   {token}
 
-Mint more:   FANOUT_JWT_SECRET='{secret}' fanout token --sub 42 --groups 'room-*'
+Mint more:   FANOUT_JWT_SECRET='{secret}' {exe} token --sub 42 --groups 'room-*'
 
 Connect from a browser console (any page):
 

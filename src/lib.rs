@@ -18,7 +18,7 @@
 //! - [`broker`]: the `Broker` trait and the in-process implementation.
 //! - [`protocol`]: wire frames, error and close codes, names; no I/O.
 //! - [`auth`]: JWT verification, token minting, API key checks.
-//! - [`shutdown`], [`state`], [`dev`]: plumbing.
+//! - [`shutdown`], [`state`], [`dev`], [`ids`], [`metrics`]: plumbing.
 
 #![cfg_attr(
     not(test),
@@ -33,6 +33,7 @@ pub mod broker;
 pub mod config;
 pub mod dev;
 pub mod hub;
+pub mod ids;
 pub mod metrics;
 pub mod node;
 pub mod protocol;

@@ -60,8 +60,20 @@ fn serve(mut cfg: Config) -> ExitCode {
         Ok(cfg) => cfg,
         Err(e) => return usage_error(e),
     };
-    if let Err(e) = cfg.jwt_key() {
-        return usage_error(e);
+    // A key that cannot be used is a configuration error too (exit 64).
+    match cfg.jwt_key() {
+        Ok(key) => {
+            if let Err(e) = Authenticator::new(
+                cfg.jwt_algorithm,
+                &key,
+                cfg.jwt_issuer.clone(),
+                cfg.jwt_audience.clone(),
+                &cfg.api_keys,
+            ) {
+                return usage_error(format!("FANOUT_JWT_PUBLIC_KEY / FANOUT_JWT_SECRET: {e}"));
+            }
+        }
+        Err(e) => return usage_error(e),
     }
     for note in dev_notes {
         tracing::warn!("{note}");

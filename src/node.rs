@@ -19,7 +19,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use axum::extract::ws::Utf8Bytes;
@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     broker::{AnyBroker, Broker, BrokerError, BrokerEvent, Command, Counts, Envelope},
     hub::{Added, Hub, Removed},
+    ids::{jitter_ms, message_id},
     protocol::{self, Channel, ChannelKind, CloseReason, Publication},
     session::Session,
 };
@@ -262,8 +263,9 @@ impl Node {
                 let (node, sessions) = (self.clone(), hub.user_sessions(uid));
                 tokio::spawn(async move {
                     for s in sessions {
-                        node.leave(&s, &group).await;
-                        push_text(&s, protocol::left_frame(None, &group));
+                        if node.leave(&s, &group).await {
+                            push_text(&s, protocol::left_frame(None, &group));
+                        }
                     }
                 });
             }
@@ -518,13 +520,19 @@ impl Node {
         Ok(())
     }
 
-    /// Removes the session from `group` (idempotent).
-    pub async fn leave(&self, session: &Session, group: &str) {
+    /// Removes the session from `group` (idempotent); returns whether it
+    /// was a member.
+    pub async fn leave(&self, session: &Session, group: &str) -> bool {
         let channel = Channel::group(group);
         let mut subs = self.lock(&channel).await;
         session.remove_group(group);
-        if self.inner.hub.remove_sub(group, session.id()) == Removed::Last {
-            self.release(&mut subs, channel).await;
+        match self.inner.hub.remove_sub(group, session.id()) {
+            Removed::Last => {
+                self.release(&mut subs, channel).await;
+                true
+            }
+            Removed::More => true,
+            Removed::NotThere => false,
         }
     }
 
@@ -609,40 +617,6 @@ async fn sleep_until_opt(at: Option<Instant>) {
 fn push_text(session: &Session, text: String) {
     // A closing session needs no more replies.
     let _ = session.push(&Utf8Bytes::from(text));
-}
-
-/// A fresh message id and the current time in Unix milliseconds. Ids are
-/// `<random per-process prefix>-<sequence>`: unique across nodes and restarts
-/// without coordination.
-pub fn message_id() -> (String, u64) {
-    static PREFIX: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| random_id(10));
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    let seq = NEXT.fetch_add(1, Ordering::Relaxed);
-    (format!("{}-{seq:x}", *PREFIX), unix_ms())
-}
-
-/// A uniformly random delay in `[lo, hi)` milliseconds (`lo` when empty).
-pub fn jitter_ms(lo: u64, hi: u64) -> u64 {
-    if hi <= lo {
-        lo
-    } else {
-        rand::random_range(lo..hi)
-    }
-}
-
-/// `len` random lowercase letters and digits.
-pub fn random_id(len: usize) -> String {
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    (0..len)
-        .map(|_| char::from(ALPHABET[rand::random_range(0..ALPHABET.len())]))
-        .collect()
-}
-
-/// Unix time in milliseconds.
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

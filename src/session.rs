@@ -104,7 +104,7 @@ impl Session {
             }
             if q.bytes > 0 && q.bytes + frame.len() > self.inner.max_queue_bytes {
                 q.close = Some(CloseReason::SlowConsumer {
-                    retry_after_ms: crate::node::jitter_ms(1_000, 5_000),
+                    retry_after_ms: crate::ids::jitter_ms(1_000, 5_000),
                 });
                 // The slow client will not read what is queued in time; drop
                 // it so its memory is released now.

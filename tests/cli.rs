@@ -114,6 +114,23 @@ fn missing_configuration_exits_64_naming_the_variable() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("FANOUT_JWT_PUBLIC_KEY"));
+
+    let out = fanout()
+        .args(["serve", "--dev", "--redis-url", "http://not-redis:6379"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("FANOUT_REDIS_URL"));
+
+    let bad_pem = "-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----";
+    let out = fanout()
+        .args(["serve", "--jwt-algorithm", "ES256"])
+        .env("FANOUT_JWT_PUBLIC_KEY", bad_pem)
+        .env("FANOUT_API_KEYS", "a-long-enough-api-key")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("FANOUT_JWT_PUBLIC_KEY"));
 }
 
 /// `serve --dev` prints a secret, an API key, a token, a browser snippet and

@@ -268,7 +268,7 @@ impl RedisBroker {
                 continue;
             };
             let payload = msg.value.as_bytes().unwrap_or_default();
-            let envelope = match wire::decode(payload, crate::node::message_id) {
+            let envelope = match wire::decode(payload, crate::ids::message_id) {
                 Ok(e) => e,
                 Err(e) => {
                     metrics::broker_dropped(e.as_str(), 1);

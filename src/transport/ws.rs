@@ -26,7 +26,8 @@ use tokio::time::{Instant, sleep_until, timeout};
 use crate::{
     api::error::ApiError,
     auth::{AuthError, Credentials},
-    node::{NodeError, Targets, jitter_ms, unix_ms},
+    ids::{jitter_ms, unix_ms},
+    node::{NodeError, Targets},
     protocol::{
         self, ClientFrame, CloseReason, ErrorCode, FrameError, Welcome, parse_client_frame,
     },
@@ -101,12 +102,21 @@ pub async fn handler(
     upgrade
         .read_buffer_size(cfg.ws_read_buffer as usize)
         .write_buffer_size(cfg.ws_write_buffer as usize)
-        .max_write_buffer_size(
-            (cfg.outbound_queue as usize).saturating_mul(2) + cfg.max_frame as usize,
-        )
+        .max_write_buffer_size(max_write_buffer(cfg))
         .max_message_size((cfg.max_frame as usize).saturating_mul(HARD_FRAME_FACTOR))
         .max_frame_size((cfg.max_frame as usize).saturating_mul(HARD_FRAME_FACTOR))
         .on_upgrade(move |socket| tracker.track_future(run(socket, state, creds)))
+}
+
+/// tungstenite's hard cap on buffered outgoing bytes. Our own queue is the
+/// real bound; this only has to exceed the write buffer (tungstenite
+/// requires it) plus what one flush may hold: a queue's worth and one
+/// large message published straight to Redis.
+fn max_write_buffer(cfg: &crate::config::Config) -> usize {
+    const LARGEST_MESSAGE: usize = 16 << 20;
+    (cfg.ws_write_buffer as usize)
+        .saturating_add((cfg.outbound_queue as usize).saturating_mul(2))
+        .saturating_add(LARGEST_MESSAGE)
 }
 
 /// Browsers always send Origin; other clients may not and are let through.
@@ -203,7 +213,10 @@ async fn authenticate(
         match msg {
             None => return Err(CloseReason::Unauthorized),
             Some(Err(e)) => match read_error_reason(&e) {
-                Some(reason) => break (too_big_error(), reason),
+                Some(CloseReason::MessageTooBig) => {
+                    break (too_big_error(), CloseReason::MessageTooBig);
+                }
+                Some(reason) => break (protocol_error(), reason),
                 None => return Err(CloseReason::Unauthorized),
             },
             Some(Ok(Message::Text(t))) if t.len() > state.cfg.max_frame as usize => {
@@ -241,6 +254,14 @@ fn auth_error_code(e: &AuthError) -> ErrorCode {
         AuthError::Expired => ErrorCode::TokenExpired,
         _ => ErrorCode::InvalidToken,
     }
+}
+
+fn protocol_error() -> FrameError {
+    FrameError::new(
+        None,
+        ErrorCode::InvalidFrame,
+        "WebSocket protocol error (invalid UTF-8 or a malformed frame)",
+    )
 }
 
 fn too_big_error() -> FrameError {
@@ -283,6 +304,7 @@ fn text(s: String) -> Message {
 /// dropping the socket would send a TCP reset that can destroy our close
 /// frame before the client reads it, so the linger then simply waits.
 async fn finish(socket: &mut WebSocket, reason: CloseReason, write_timeout: Duration) {
+    let reading_stopped = socket.is_terminated();
     let close = async {
         if reason != CloseReason::WriteError {
             socket.feed(text(reason.bye_frame())).await?;
@@ -296,10 +318,11 @@ async fn finish(socket: &mut WebSocket, reason: CloseReason, write_timeout: Dura
     };
     if let Ok(Ok(())) = timeout(write_timeout, close).await {
         let _ = timeout(CLOSE_LINGER, async {
-            while let Some(Ok(_)) = socket.recv().await {}
-            if socket.is_terminated() {
+            if reading_stopped {
                 std::future::pending::<()>().await;
             }
+            // Until the client's close reply (or the stream) ends.
+            while let Some(Ok(_)) = socket.recv().await {}
         })
         .await;
     }
@@ -509,9 +532,11 @@ impl Conn {
             Some(Err(e)) => {
                 return match read_error_reason(&e) {
                     Some(reason) => {
-                        if reason == CloseReason::MessageTooBig {
-                            self.reply(too_big_error().frame());
-                        }
+                        self.reply(if reason == CloseReason::MessageTooBig {
+                            too_big_error().frame()
+                        } else {
+                            protocol_error().frame()
+                        });
                         Step::Close(reason)
                     }
                     None => {
