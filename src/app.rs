@@ -5,6 +5,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use tokio::{net::TcpListener, sync::mpsc, task::JoinHandle};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     api,
@@ -31,6 +32,10 @@ pub struct App {
     /// The HTTP server task; ends once shutdown is triggered and in-flight
     /// requests are done.
     server: JoinHandle<std::io::Result<()>>,
+    /// Broker, dispatch and linger tasks: they outlive the drain.
+    background: TaskTracker,
+    /// Stops the dispatch and linger tasks once connections are gone.
+    background_stop: CancellationToken,
 }
 
 /// Starts a gateway on `cfg.listen` (port 0 picks a free port). `cfg` must
@@ -46,6 +51,10 @@ pub async fn spawn(cfg: Config, shutdown: Shutdown) -> anyhow::Result<App> {
     )
     .context("loading the JWT key")?;
     let metrics = metrics::install();
+    // Broker and dispatch tasks run until the connections are drained,
+    // which the shutdown token alone would cut short.
+    let background = TaskTracker::new();
+    let background_stop = CancellationToken::new();
     let node_id = cfg.node_id.clone().unwrap_or_else(|| random_id(8));
     let (events_tx, events_rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
     let (broker, linger) = match cfg.redis_config()? {
@@ -63,7 +72,7 @@ pub async fn spawn(cfg: Config, shutdown: Shutdown) -> anyhow::Result<App> {
                 command_timeout: cfg.redis_timeout,
                 probe_interval: cfg.redis_probe_interval,
             };
-            let broker = RedisBroker::connect(opts, events_tx, shutdown.tracker())
+            let broker = RedisBroker::connect(opts, events_tx, &background)
                 .await
                 .context("connecting to Redis")?;
             (AnyBroker::Redis(broker), cfg.unsubscribe_linger)
@@ -131,6 +140,8 @@ pub async fn spawn(cfg: Config, shutdown: Shutdown) -> anyhow::Result<App> {
         internal_addr,
         state,
         server,
+        background,
+        background_stop,
     })
 }
 
@@ -152,16 +163,19 @@ impl App {
         &self.state.auth
     }
 
-    /// Stops accepting, closes every connection with `shutdown` (reconnect
-    /// hints spread over the grace period), waits for connections and
-    /// in-flight requests to finish, at most `shutdown_grace`.
+    /// The paced drain: readiness fails and new connections are refused at
+    /// once; clients are closed over the drain window while messages keep
+    /// flowing to the rest; in-flight API requests finish; then the broker
+    /// closes. Returns within drain window + shutdown grace.
     pub async fn shutdown(self) {
+        let cfg = self.state.cfg.clone();
         let shutdown = &self.state.shutdown;
         shutdown.trigger();
-        let grace = self.state.cfg.shutdown_grace;
+        metrics::draining(true);
+        let deadline = tokio::time::Instant::now() + cfg.drain_window + cfg.shutdown_grace;
         self.state
             .node
-            .shutdown(grace.as_millis().min(u128::from(u64::MAX)) as u64 / 2)
+            .drain(cfg.drain_window, cfg.drain_rate)
             .await;
         let drained = async {
             if let Ok(Err(e)) = self.server.await {
@@ -169,21 +183,37 @@ impl App {
             }
             shutdown.wait().await;
         };
-        if tokio::time::timeout(grace, drained).await.is_err() {
+        if tokio::time::timeout_at(deadline, drained).await.is_err() {
             tracing::warn!(
                 open = self.state.node.counts().connections,
                 "shutdown grace period over; exiting with connections still open"
             );
         }
+        self.background_stop.cancel();
+        self.state.node.close().await;
+        self.background.close();
+        let _ = tokio::time::timeout_at(
+            deadline.max(tokio::time::Instant::now()) + Duration::from_secs(1),
+            self.background.wait(),
+        )
+        .await;
+        metrics::draining(false);
     }
 }
 
-/// Runs until SIGTERM/SIGINT, then shuts down; a second signal exits at once.
-pub async fn run(app: App) {
+/// Runs until SIGTERM/SIGINT, then drains; a second signal exits at once.
+/// Returns false when the second signal cut the drain short.
+pub async fn run(app: App) -> bool {
     shutdown::signal().await;
-    tracing::info!("signal received: shutting down");
+    tracing::info!("signal received: draining");
     tokio::select! {
-        () = app.shutdown() => tracing::info!("shutdown complete"),
-        () = shutdown::signal() => tracing::warn!("second signal: exiting now"),
+        () = app.shutdown() => {
+            tracing::info!("shutdown complete");
+            true
+        }
+        () = shutdown::signal() => {
+            tracing::warn!("second signal: exiting now");
+            false
+        }
     }
 }

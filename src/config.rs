@@ -34,6 +34,8 @@ pub const ENV_API_TIMEOUT: &str = "FANOUT_API_TIMEOUT";
 pub const ENV_WS_READ_BUFFER: &str = "FANOUT_WS_READ_BUFFER";
 pub const ENV_WS_WRITE_BUFFER: &str = "FANOUT_WS_WRITE_BUFFER";
 pub const ENV_SHUTDOWN_GRACE: &str = "FANOUT_SHUTDOWN_GRACE";
+pub const ENV_DRAIN_WINDOW: &str = "FANOUT_DRAIN_WINDOW";
+pub const ENV_DRAIN_RATE: &str = "FANOUT_DRAIN_RATE";
 pub const ENV_INTERNAL_ADDR: &str = "FANOUT_INTERNAL_ADDR";
 pub const ENV_REDIS_URL: &str = "FANOUT_REDIS_URL";
 pub const ENV_REDIS_CLUSTER: &str = "FANOUT_REDIS_CLUSTER";
@@ -222,8 +224,20 @@ pub struct Config {
     #[arg(long, env = ENV_WS_WRITE_BUFFER, default_value = "4KiB", value_parser = parse_bytes)]
     pub ws_write_buffer: u64,
 
-    /// How long shutdown waits for connections to close before exiting anyway.
-    #[arg(long, env = ENV_SHUTDOWN_GRACE, default_value = "30s", value_parser = parse_duration)]
+    /// On SIGTERM, clients are told to reconnect elsewhere and closed evenly over this
+    /// window (at least 100 per second, so a small node does not wait it out), with
+    /// reconnect hints spread over it too, so the other nodes see no thundering herd.
+    #[arg(long, env = ENV_DRAIN_WINDOW, default_value = "30s", value_parser = parse_duration)]
+    pub drain_window: Duration,
+
+    /// Most connections closed per second while draining (0: no cap). Whatever is left
+    /// at the end of the drain window is closed then.
+    #[arg(long, env = ENV_DRAIN_RATE, default_value_t = 0)]
+    pub drain_rate: u32,
+
+    /// Extra time after the drain window for connections and in-flight requests to
+    /// finish before the process exits anyway.
+    #[arg(long, env = ENV_SHUTDOWN_GRACE, default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
     /// Log filter (`info`, `fanout=debug`, ...).
@@ -271,7 +285,9 @@ impl Default for Config {
             api_timeout: Duration::from_secs(10),
             ws_read_buffer: KIB,
             ws_write_buffer: 4 * KIB,
-            shutdown_grace: Duration::from_secs(30),
+            drain_window: Duration::from_secs(30),
+            drain_rate: 0,
+            shutdown_grace: Duration::from_secs(10),
             log: "info".into(),
             log_format: LogFormat::Text,
         }

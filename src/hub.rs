@@ -186,26 +186,24 @@ impl Hub {
         self.groups[self.shard(group)].read().contains_key(group)
     }
 
-    /// Queues `frame` for every local session of `uid`.
-    pub fn broadcast_user(&self, uid: &str, frame: &Utf8Bytes) -> Delivery {
+    /// Queues `frame` (published at `ts_ms`) for every local session of `uid`.
+    pub fn broadcast_user(&self, uid: &str, frame: &Utf8Bytes, ts_ms: u64) -> Delivery {
         let users = self.users[self.shard(uid)].read();
-        push_all(users.get(uid).into_iter().flatten(), frame)
+        push_all(users.get(uid).into_iter().flatten(), frame, ts_ms)
     }
 
     /// Queues `frame` for every local member of `group`.
-    pub fn broadcast_group(&self, group: &str, frame: &Utf8Bytes) -> Delivery {
+    pub fn broadcast_group(&self, group: &str, frame: &Utf8Bytes, ts_ms: u64) -> Delivery {
         let groups = self.groups[self.shard(group)].read();
-        push_all(
-            groups.get(group).into_iter().flat_map(HashMap::values),
-            frame,
-        )
+        let members = groups.get(group).into_iter().flat_map(HashMap::values);
+        push_all(members, frame, ts_ms)
     }
 
     /// Queues `frame` for every local session, one shard at a time.
-    pub fn broadcast_all(&self, frame: &Utf8Bytes) -> Delivery {
+    pub fn broadcast_all(&self, frame: &Utf8Bytes, ts_ms: u64) -> Delivery {
         let mut total = Delivery::default();
         for shard in &*self.conns {
-            let d = push_all(shard.read().values(), frame);
+            let d = push_all(shard.read().values(), frame, ts_ms);
             total.queued += d.queued;
             total.slow += d.slow;
         }
@@ -231,10 +229,14 @@ impl Hub {
     }
 }
 
-fn push_all<'a>(sessions: impl Iterator<Item = &'a Session>, frame: &Utf8Bytes) -> Delivery {
+fn push_all<'a>(
+    sessions: impl Iterator<Item = &'a Session>,
+    frame: &Utf8Bytes,
+    ts_ms: u64,
+) -> Delivery {
     let mut d = Delivery::default();
     for s in sessions {
-        match s.push(frame) {
+        match s.push(frame, ts_ms) {
             Ok(()) => d.queued += 1,
             Err(PushError::Full) => d.slow += 1,
             Err(PushError::Closed) => {}
@@ -278,10 +280,10 @@ mod tests {
         }
         hub.add_sub(&"g".into(), &c);
         let f: Utf8Bytes = "m".into();
-        assert_eq!(hub.broadcast_user("u1", &f).queued, 2);
-        assert_eq!(hub.broadcast_group("g", &f).queued, 1);
-        assert_eq!(hub.broadcast_all(&f).queued, 3);
-        assert_eq!(hub.broadcast_user("nobody", &f), Delivery::default());
+        assert_eq!(hub.broadcast_user("u1", &f, 0).queued, 2);
+        assert_eq!(hub.broadcast_group("g", &f, 0).queued, 1);
+        assert_eq!(hub.broadcast_all(&f, 0).queued, 3);
+        assert_eq!(hub.broadcast_user("nobody", &f, 0), Delivery::default());
         assert_eq!(a.take().frames.len(), 2);
         assert_eq!(c.take().frames.len(), 2);
     }
@@ -292,8 +294,8 @@ mod tests {
         let s = Session::new(1, "u".into(), 4);
         hub.add_session(&s);
         let f: Utf8Bytes = "abc".into();
-        assert_eq!(hub.broadcast_user("u", &f).queued, 1);
-        assert_eq!(hub.broadcast_user("u", &f).slow, 1);
+        assert_eq!(hub.broadcast_user("u", &f, 0).queued, 1);
+        assert_eq!(hub.broadcast_user("u", &f, 0).slow, 1);
         assert!(s.is_closing());
     }
 }

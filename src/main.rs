@@ -101,8 +101,12 @@ fn serve(mut cfg: Config) -> ExitCode {
         if dev_mode {
             println!("{}", dev::banner(&banner_cfg, app.auth(), app.addr()));
         }
-        app::run(app).await;
-        ExitCode::SUCCESS
+        if app::run(app).await {
+            ExitCode::SUCCESS
+        } else {
+            // Forced by a second signal (128 + SIGINT, by convention).
+            ExitCode::from(130)
+        }
     })
 }
 

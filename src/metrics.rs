@@ -1,15 +1,39 @@
 //! Every metric fanout exports: names as constants (and nowhere else),
 //! descriptions, the Prometheus recorder, and small typed helpers so call
-//! sites never spell a name or a label.
+//! sites never spell a name or a label. docs/metrics.md lists them.
 //!
-//! Labels are low-cardinality by construction: reasons, operations and
-//! transports from fixed sets; never a uid, group, channel or message id.
+//! Labels are low-cardinality by construction: reasons, operations, routes
+//! and transports from fixed sets; never a uid, group, channel, message id
+//! or anything a client sends.
 
 use std::{sync::OnceLock, time::Duration};
 
-use metrics::{Unit, counter, describe_counter, describe_histogram, histogram};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::protocol::CloseReason;
+
+pub const BUILD_INFO: &str = "fanout_build_info";
+pub const CONNECTIONS_ACTIVE: &str = "fanout_connections_active";
+pub const CONNECTIONS_ACCEPTED: &str = "fanout_connections_accepted_total";
+pub const CONNECTIONS_REJECTED: &str = "fanout_connections_rejected_total";
+pub const DISCONNECTS: &str = "fanout_disconnects_total";
+pub const SLOW_CONSUMERS: &str = "fanout_slow_consumers_total";
+pub const USERS_ONLINE: &str = "fanout_users_online";
+pub const GROUPS_ACTIVE: &str = "fanout_groups_active";
+pub const MESSAGES_DELIVERED: &str = "fanout_messages_delivered_total";
+pub const MESSAGES_DROPPED: &str = "fanout_messages_dropped_total";
+pub const FRAMES_SENT: &str = "fanout_frames_sent_total";
+pub const DELIVERY_LATENCY: &str = "fanout_delivery_latency_seconds";
+pub const BROADCAST_DURATION: &str = "fanout_broadcast_duration_seconds";
+pub const OUTBOUND_BATCH_FRAMES: &str = "fanout_outbound_batch_frames";
+pub const HTTP_REQUESTS: &str = "fanout_http_requests_total";
+pub const HTTP_REQUEST_DURATION: &str = "fanout_http_request_duration_seconds";
+pub const DRAINING: &str = "fanout_draining";
+pub const BROKER_CONNECTED: &str = "fanout_broker_connected";
+pub const BROKER_SUBSCRIPTIONS: &str = "fanout_broker_subscriptions";
 pub const BROKER_MESSAGES_RECEIVED: &str = "fanout_broker_messages_received_total";
 pub const BROKER_MESSAGES_DROPPED: &str = "fanout_broker_messages_dropped_total";
 pub const BROKER_COMMANDS: &str = "fanout_broker_commands_total";
@@ -17,11 +41,100 @@ pub const BROKER_ERRORS: &str = "fanout_broker_errors_total";
 pub const BROKER_RECONNECTS: &str = "fanout_broker_reconnects_total";
 pub const BROKER_RESUBSCRIBE_DURATION: &str = "fanout_broker_resubscribe_duration_seconds";
 pub const BROKER_PROBE_FAILURES: &str = "fanout_broker_probe_failures_total";
+pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
+pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
+pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
+pub const PROCESS_MAX_FDS: &str = "process_max_fds";
+pub const PROCESS_START_TIME: &str = "process_start_time_seconds";
+
+/// Transport label value.
+pub const WEBSOCKET: &str = "websocket";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0];
 
 fn describe_all() {
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the version label says which build runs."
+    );
+    describe_gauge!(CONNECTIONS_ACTIVE, "Open client connections, by transport.");
+    describe_counter!(
+        CONNECTIONS_ACCEPTED,
+        "Client connections authenticated and registered, by transport."
+    );
+    describe_counter!(
+        CONNECTIONS_REJECTED,
+        "Client connections refused before registration, by reason."
+    );
+    describe_counter!(
+        DISCONNECTS,
+        "Ended client connections, by reason and the close code fanout sent (client_closed and connection_lost have code none)."
+    );
+    describe_counter!(
+        SLOW_CONSUMERS,
+        "Connections closed because their outbound queue was full (close 3008)."
+    );
+    describe_gauge!(
+        USERS_ONLINE,
+        "Distinct uids with at least one connection on this node."
+    );
+    describe_gauge!(
+        GROUPS_ACTIVE,
+        "Groups with at least one member on this node."
+    );
+    describe_counter!(
+        MESSAGES_DELIVERED,
+        "Message frames queued for clients (one per recipient connection)."
+    );
+    describe_counter!(
+        MESSAGES_DROPPED,
+        "Frames not delivered to a client, by reason (slow_consumer: dropped from the queue of a connection cut off as slow)."
+    );
+    describe_counter!(
+        FRAMES_SENT,
+        "Frames written to client sockets (messages and replies)."
+    );
+    describe_histogram!(
+        DELIVERY_LATENCY,
+        Unit::Seconds,
+        "Publish-to-delivery latency from the message ts, sampled once per socket write from the oldest message written."
+    );
+    describe_histogram!(
+        BROADCAST_DURATION,
+        Unit::Seconds,
+        "Time to queue one message for every local recipient of its channel."
+    );
+    describe_histogram!(
+        OUTBOUND_BATCH_FRAMES,
+        "Frames taken from a connection's outbound queue per socket write (queue depth at write time)."
+    );
+    describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP API requests, by method, route and status."
+    );
+    describe_histogram!(
+        HTTP_REQUEST_DURATION,
+        Unit::Seconds,
+        "HTTP API request duration, by route."
+    );
+    describe_gauge!(
+        DRAINING,
+        "1 while this node drains its connections for shutdown."
+    );
+    describe_gauge!(
+        BROKER_CONNECTED,
+        "1 when every broker connection is up (always 1 for the in-process broker)."
+    );
+    describe_gauge!(
+        BROKER_SUBSCRIPTIONS,
+        "Channels this node is subscribed to at the broker."
+    );
     describe_counter!(
         BROKER_MESSAGES_RECEIVED,
-        "Messages received from the broker and handed to the node."
+        "Messages and commands received from the broker."
     );
     describe_counter!(
         BROKER_MESSAGES_DROPPED,
@@ -50,25 +163,125 @@ pub fn install() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new()
-                .set_buckets(&[
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                    10.0,
-                ])
-                .map(PrometheusBuilder::build_recorder);
-            let recorder = match recorder {
-                Ok(r) => r,
-                // Only fails for an empty bucket list, which this is not.
-                Err(_) => PrometheusBuilder::new().build_recorder(),
-            };
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(OUTBOUND_BATCH_FRAMES.into()),
+                        BATCH_BUCKETS,
+                    )
+                });
+            // Only fails for an empty bucket list, which these are not.
+            let recorder = builder
+                .unwrap_or_else(|_| PrometheusBuilder::new())
+                .build_recorder();
             let handle = recorder.handle();
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
             }
             describe_all();
+            gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            start_time();
             handle
         })
         .clone()
+}
+
+// === connections ===
+
+pub fn connection_opened() {
+    counter!(CONNECTIONS_ACCEPTED, "transport" => WEBSOCKET).increment(1);
+    gauge!(CONNECTIONS_ACTIVE, "transport" => WEBSOCKET).increment(1.0);
+}
+
+pub fn connection_closed(reason: &'static str, code: &'static str) {
+    gauge!(CONNECTIONS_ACTIVE, "transport" => WEBSOCKET).decrement(1.0);
+    counter!(DISCONNECTS, "reason" => reason, "code" => code).increment(1);
+}
+
+/// A connection refused before it was registered.
+pub fn connection_rejected(reason: &'static str) {
+    counter!(CONNECTIONS_REJECTED, "reason" => reason).increment(1);
+}
+
+/// The close code label for a reason fanout closed with.
+pub fn close_code(reason: CloseReason) -> &'static str {
+    match reason.code() {
+        3001 => "3001",
+        3004 => "3004",
+        3005 => "3005",
+        3008 => "3008",
+        3009 => "3009",
+        3012 => "3012",
+        3500 => "3500",
+        3501 => "3501",
+        3503 => "3503",
+        1009 => "1009",
+        _ => "other",
+    }
+}
+
+pub fn users_online(delta: f64) {
+    gauge!(USERS_ONLINE).increment(delta);
+}
+
+pub fn groups_active(delta: f64) {
+    gauge!(GROUPS_ACTIVE).increment(delta);
+}
+
+// === delivery ===
+
+/// One message queued for `queued` connections; `slow` were cut off.
+pub fn broadcast(queued: usize, slow: usize, took: Duration) {
+    counter!(MESSAGES_DELIVERED).increment(queued as u64);
+    if slow > 0 {
+        counter!(SLOW_CONSUMERS).increment(slow as u64);
+    }
+    histogram!(BROADCAST_DURATION).record(took.as_secs_f64());
+}
+
+pub fn messages_dropped(reason: &'static str, n: usize) {
+    counter!(MESSAGES_DROPPED, "reason" => reason).increment(n as u64);
+}
+
+/// One socket write of `frames` frames; `oldest_ts_ms` is the publish time
+/// of the oldest message among them (0 when none was a message).
+pub fn frames_written(frames: usize, oldest_ts_ms: u64) {
+    counter!(FRAMES_SENT).increment(frames as u64);
+    histogram!(OUTBOUND_BATCH_FRAMES).record(frames as f64);
+    if oldest_ts_ms > 0 {
+        let now = crate::ids::unix_ms();
+        histogram!(DELIVERY_LATENCY).record(now.saturating_sub(oldest_ts_ms) as f64 / 1000.0);
+    }
+}
+
+// === HTTP ===
+
+pub fn http_request(method: &str, route: &str, status: u16, took: Duration) {
+    let method = match method {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        _ => "other",
+    };
+    counter!(HTTP_REQUESTS, "method" => method, "path" => route.to_owned(), "status" => status.to_string())
+        .increment(1);
+    histogram!(HTTP_REQUEST_DURATION, "path" => route.to_owned()).record(took.as_secs_f64());
+}
+
+pub fn draining(on: bool) {
+    gauge!(DRAINING).set(if on { 1.0 } else { 0.0 });
+}
+
+// === broker ===
+
+pub fn broker_connected(up: bool) {
+    gauge!(BROKER_CONNECTED).set(if up { 1.0 } else { 0.0 });
+}
+
+pub fn broker_subscriptions(delta: f64) {
+    gauge!(BROKER_SUBSCRIPTIONS).increment(delta);
 }
 
 pub fn broker_received() {
@@ -96,4 +309,89 @@ pub fn broker_resubscribed(took: Duration) {
 
 pub fn broker_probe_failed() {
     counter!(BROKER_PROBE_FAILURES).increment(1);
+}
+
+// === process ===
+
+/// The standard `process_*` metrics, read from /proc (Linux), as text to
+/// append to the exposition: the `metrics` crate has no float counters for
+/// `process_cpu_seconds_total`.
+pub fn process_exposition() -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let mut emit = |name: &str, kind: &str, help: &str, value: f64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    };
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        // After the command name's ")", state is field 3; utime (14) and
+        // stime (15) are at indexes 11 and 12, in clock ticks (100/s).
+        if let Some((_, rest)) = stat.rsplit_once(')') {
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = |i: usize| {
+                fields
+                    .get(i)
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
+            emit(
+                PROCESS_CPU,
+                "counter",
+                "Total user and system CPU time spent in seconds.",
+                (ticks(11) + ticks(12)) / 100.0,
+            );
+        }
+    }
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        if let Some(kb) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+        {
+            emit(
+                PROCESS_RSS,
+                "gauge",
+                "Resident memory size in bytes.",
+                kb * 1024.0,
+            );
+        }
+    }
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        emit(
+            PROCESS_OPEN_FDS,
+            "gauge",
+            "Number of open file descriptors.",
+            dir.count() as f64,
+        );
+    }
+    if let Ok(limits) = std::fs::read_to_string("/proc/self/limits") {
+        if let Some(max) = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .and_then(|l| l.split_whitespace().nth(3))
+            .and_then(|v| v.parse::<f64>().ok())
+        {
+            emit(
+                PROCESS_MAX_FDS,
+                "gauge",
+                "Maximum number of open file descriptors.",
+                max,
+            );
+        }
+    }
+    emit(
+        PROCESS_START_TIME,
+        "gauge",
+        "Start time of the process since unix epoch in seconds.",
+        start_time(),
+    );
+    out
+}
+
+fn start_time() -> f64 {
+    static START: OnceLock<f64> = OnceLock::new();
+    *START.get_or_init(|| crate::ids::unix_ms() as f64 / 1000.0)
 }

@@ -34,12 +34,18 @@ use crate::{
     broker::{AnyBroker, Broker, BrokerError, BrokerEvent, Command, Counts, Envelope},
     hub::{Added, Hub, Removed},
     ids::{jitter_ms, message_id},
+    metrics,
     protocol::{self, Channel, ChannelKind, CloseReason, Publication},
     session::Session,
 };
 
 /// Subscription locks; many, so unrelated channels rarely share one.
 pub const SUB_LOCKS: usize = 4096;
+
+/// A drain closes at least this many connections per second.
+pub const DRAIN_MIN_RATE: f64 = 100.0;
+/// How often a drain closes the next batch.
+const DRAIN_TICK: Duration = Duration::from_millis(20);
 
 /// Channels waiting out their linger before UNSUBSCRIBE.
 const DISSOLVE_QUEUE: usize = 65_536;
@@ -221,16 +227,19 @@ impl Node {
     }
 
     fn handle_event(&self, event: BrokerEvent) {
+        metrics::broker_received();
         let hub = &self.inner.hub;
         match event.envelope {
             Envelope::Publication(p) => {
+                let started = std::time::Instant::now();
                 let frame = Utf8Bytes::from(protocol::message_frame(&event.channel, &p));
                 let delivery = match event.channel.kind() {
-                    ChannelKind::User(uid) => hub.broadcast_user(uid, &frame),
-                    ChannelKind::Group(group) => hub.broadcast_group(group, &frame),
-                    ChannelKind::All => hub.broadcast_all(&frame),
+                    ChannelKind::User(uid) => hub.broadcast_user(uid, &frame, p.ts),
+                    ChannelKind::Group(group) => hub.broadcast_group(group, &frame, p.ts),
+                    ChannelKind::All => hub.broadcast_all(&frame, p.ts),
                     ChannelKind::Node(_) => return,
                 };
+                metrics::broadcast(delivery.queued, delivery.slow, started.elapsed());
                 if delivery.slow > 0 {
                     tracing::info!(
                         channel = %event.channel,
@@ -412,6 +421,7 @@ impl Node {
                 .subscribe(std::slice::from_ref(channel))
                 .await?;
             subs.insert(channel.clone());
+            metrics::broker_subscriptions(1.0);
         }
         Ok(())
     }
@@ -442,6 +452,7 @@ impl Node {
 
     async fn unsubscribe_now(&self, subs: &mut HashSet<Channel>, channel: Channel) {
         if subs.remove(&channel) {
+            metrics::broker_subscriptions(-1.0);
             if let Err(e) = self
                 .inner
                 .broker
@@ -475,10 +486,13 @@ impl Node {
         let session = Session::new(id, uid, self.inner.opts.max_queue_bytes);
         let channel = Channel::user(session.uid());
         let mut subs = self.lock(&channel).await;
-        self.inner.hub.add_session(&session);
+        let first = self.inner.hub.add_session(&session) == Added::First;
         if let Err(e) = self.ensure_subscribed(&mut subs, &channel).await {
             self.inner.hub.remove_session(&session);
             return Err(e.into());
+        }
+        if first {
+            metrics::users_online(1.0);
         }
         Ok(session)
     }
@@ -492,6 +506,7 @@ impl Node {
         let channel = Channel::user(session.uid());
         let mut subs = self.lock(&channel).await;
         if self.inner.hub.remove_session(session) == Removed::Last {
+            metrics::users_online(-1.0);
             self.release(&mut subs, channel).await;
         }
     }
@@ -516,6 +531,7 @@ impl Node {
                 session.remove_group(group);
                 return Err(e.into());
             }
+            metrics::groups_active(1.0);
         }
         Ok(())
     }
@@ -528,6 +544,7 @@ impl Node {
         session.remove_group(group);
         match self.inner.hub.remove_sub(group, session.id()) {
             Removed::Last => {
+                metrics::groups_active(-1.0);
                 self.release(&mut subs, channel).await;
                 true
             }
@@ -595,14 +612,53 @@ impl Node {
         self.inner.hub.counts()
     }
 
-    /// Asks every session to close with `shutdown` and a reconnect hint
-    /// spread over `spread_ms`, then closes the broker.
-    pub async fn shutdown(&self, spread_ms: u64) {
-        for s in self.inner.hub.all_sessions() {
-            s.close(CloseReason::Shutdown {
-                retry_after_ms: jitter_ms(0, spread_ms),
-            });
+    /// Closes every session with `shutdown`, paced: in random order, evenly
+    /// over `window` (at least [`DRAIN_MIN_RATE`] per second), at most
+    /// `max_rate` per second if not 0; whatever is left when the window
+    /// ends is closed then. Each gets a reconnect hint spread over the
+    /// window. Messages keep flowing to sessions not yet closed.
+    pub async fn drain(&self, window: Duration, max_rate: u32) {
+        use rand::seq::SliceRandom;
+        let mut sessions = self.inner.hub.all_sessions();
+        sessions.shuffle(&mut rand::rng());
+        let n = sessions.len();
+        if n == 0 {
+            return;
         }
+        let window_ms = window.as_millis().min(u128::from(u64::MAX)) as u64;
+        let mut rate = (n as f64 / window.as_secs_f64().max(0.001)).max(DRAIN_MIN_RATE);
+        if max_rate > 0 {
+            rate = rate.min(f64::from(max_rate));
+        }
+        tracing::info!(
+            connections = n,
+            per_second = rate as u64,
+            "draining connections"
+        );
+        let started = Instant::now();
+        let deadline = started + window;
+        let mut closed = 0;
+        while closed < n {
+            let now = Instant::now();
+            let due = if now >= deadline {
+                n
+            } else {
+                (((now - started).as_secs_f64() * rate) as usize + 1).min(n)
+            };
+            for s in &sessions[closed..due] {
+                s.close(CloseReason::Shutdown {
+                    retry_after_ms: jitter_ms(0, window_ms),
+                });
+            }
+            closed = due;
+            if closed < n {
+                tokio::time::sleep(DRAIN_TICK).await;
+            }
+        }
+    }
+
+    /// Closes the broker (after the drain). Idempotent.
+    pub async fn close(&self) {
         self.inner.broker.close().await;
     }
 }
@@ -616,7 +672,7 @@ async fn sleep_until_opt(at: Option<Instant>) {
 
 fn push_text(session: &Session, text: String) {
     // A closing session needs no more replies.
-    let _ = session.push(&Utf8Bytes::from(text));
+    let _ = session.push(&Utf8Bytes::from(text), 0);
 }
 
 #[cfg(test)]

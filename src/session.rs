@@ -28,10 +28,18 @@ pub enum PushError {
     Closed,
 }
 
+/// One queued frame: the shared encoded text, and the publish time of the
+/// message it carries (0 for replies), for the latency metric.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    pub text: Utf8Bytes,
+    pub ts_ms: u64,
+}
+
 /// What the connection task takes from the queue in one go.
 #[derive(Debug, Default)]
 pub struct Batch {
-    pub frames: VecDeque<Utf8Bytes>,
+    pub frames: VecDeque<Outbound>,
     /// Set once the session must end; frames already taken may still be sent.
     pub close: Option<CloseReason>,
 }
@@ -67,7 +75,7 @@ struct Groups {
 
 #[derive(Default)]
 struct Queue {
-    frames: VecDeque<Utf8Bytes>,
+    frames: VecDeque<Outbound>,
     bytes: usize,
     close: Option<CloseReason>,
 }
@@ -96,7 +104,7 @@ impl Session {
 
     /// Queues a frame for this client without waiting. An empty queue always
     /// takes one frame, so a message bigger than the bound still goes out.
-    pub fn push(&self, frame: &Utf8Bytes) -> Result<(), PushError> {
+    pub fn push(&self, frame: &Utf8Bytes, ts_ms: u64) -> Result<(), PushError> {
         {
             let mut q = self.inner.queue.lock();
             if q.close.is_some() {
@@ -108,14 +116,19 @@ impl Session {
                 });
                 // The slow client will not read what is queued in time; drop
                 // it so its memory is released now.
+                let dropped = q.frames.len() + 1;
                 q.frames = VecDeque::new();
                 q.bytes = 0;
                 drop(q);
+                crate::metrics::messages_dropped("slow_consumer", dropped);
                 self.inner.wake.notify_one();
                 return Err(PushError::Full);
             }
             q.bytes += frame.len();
-            q.frames.push_back(frame.clone());
+            q.frames.push_back(Outbound {
+                text: frame.clone(),
+                ts_ms,
+            });
         }
         self.inner.wake.notify_one();
         Ok(())
@@ -218,11 +231,11 @@ mod tests {
     #[test]
     fn queue_is_bounded_in_bytes_and_closes_as_slow() {
         let s = Session::new(1, "u".into(), 100);
-        s.push(&frame(60)).unwrap();
-        s.push(&frame(40)).unwrap();
+        s.push(&frame(60), 0).unwrap();
+        s.push(&frame(40), 0).unwrap();
         assert_eq!(s.queued_bytes(), 100);
-        assert_eq!(s.push(&frame(1)), Err(PushError::Full));
-        assert_eq!(s.push(&frame(1)), Err(PushError::Closed));
+        assert_eq!(s.push(&frame(1), 0), Err(PushError::Full));
+        assert_eq!(s.push(&frame(1), 0), Err(PushError::Closed));
         let b = s.take();
         assert!(b.frames.is_empty());
         assert!(matches!(b.close, Some(CloseReason::SlowConsumer { .. })));
@@ -231,9 +244,9 @@ mod tests {
     #[test]
     fn an_empty_queue_takes_one_oversized_frame() {
         let s = Session::new(1, "u".into(), 10);
-        s.push(&frame(50)).unwrap();
+        s.push(&frame(50), 0).unwrap();
         assert_eq!(s.take().frames.len(), 1);
-        s.push(&frame(50)).unwrap();
+        s.push(&frame(50), 0).unwrap();
     }
 
     #[test]

@@ -15,7 +15,7 @@ pub struct Shutdown {
     /// Cancelled once, by `trigger`; readiness, accept loops and the node's
     /// dispatcher watch it.
     token: CancellationToken,
-    /// Every connection and background task; `wait` resolves when all ended.
+    /// Every client connection task; `wait` resolves when all ended.
     tracker: TaskTracker,
 }
 

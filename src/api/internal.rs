@@ -30,9 +30,11 @@ pub fn router(app: AppState, metrics: PrometheusHandle) -> Router {
 
 async fn render(State(s): State<Internal>) -> Response {
     s.metrics.run_upkeep();
+    let mut text = s.metrics.render();
+    text.push_str(&crate::metrics::process_exposition());
     (
-        [("content-type", "text/plain; version=0.0.4")],
-        s.metrics.render(),
+        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+        text,
     )
         .into_response()
 }

@@ -9,14 +9,14 @@ mod users;
 
 use axum::{
     Router,
-    extract::{DefaultBodyLimit, Request, State},
+    extract::{DefaultBodyLimit, MatchedPath, Request, State},
     http::{StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post, put},
 };
 
-use crate::{state::AppState, transport::ws};
+use crate::{metrics, state::AppState, transport::ws};
 use error::ApiError;
 
 /// The client and API router.
@@ -31,6 +31,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/stats", get(users::stats))
         .route_layer(middleware::from_fn_with_state(state.clone(), api_guard))
+        .route_layer(middleware::from_fn(track))
         .layer(DefaultBodyLimit::max(state.cfg.api_body_limit as usize));
     Router::new()
         .route("/ws", get(ws::handler))
@@ -44,6 +45,24 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .with_state(state)
+}
+
+/// Counts every API request by method, route template and status.
+async fn track(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().clone();
+    let started = std::time::Instant::now();
+    let res = next.run(req).await;
+    metrics::http_request(
+        method.as_str(),
+        &route,
+        res.status().as_u16(),
+        started.elapsed(),
+    );
+    res
 }
 
 /// Checks the API key, then runs the request within the API timeout.

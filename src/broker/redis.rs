@@ -61,8 +61,11 @@ const BATCH_MAX_CHANNELS: usize = 20_000;
 const RESUBSCRIBE_CHUNK: usize = 5_000;
 /// fred's per-client receive buffer (its default, 32, loses messages).
 const RECEIVE_BUFFER: usize = 16_384;
-/// Consecutive missed probes before a connection is restarted.
+/// Consecutive missed probes before a connection is restarted (and
+/// readiness fails).
 const PROBE_MISSES: u32 = 2;
+/// How long a disconnect must last before readiness reports it.
+pub const READY_DEBOUNCE: Duration = Duration::from_secs(1);
 
 /// How to reach Redis and how to use it.
 #[derive(Debug, Clone)]
@@ -98,6 +101,8 @@ struct Inner {
     /// (Un)subscribe requests; the batcher task receives.
     ops: mpsc::Sender<Op>,
     probe_ok: AtomicBool,
+    /// When readiness first saw a connection down (cleared once all are up).
+    down_since: parking_lot::Mutex<Option<Instant>>,
     /// Fingerprint of the cluster slot map when the broker connected.
     slot_map_at_start: Option<u64>,
     /// Stops every background task on `close`.
@@ -201,6 +206,7 @@ impl RedisBroker {
                 slot_map_at_start,
                 ops: ops_tx,
                 probe_ok: AtomicBool::new(true),
+                down_since: parking_lot::Mutex::new(None),
                 stop: CancellationToken::new(),
             }),
         };
@@ -212,6 +218,7 @@ impl RedisBroker {
             tracker.spawn(broker.clone().receive(index, events.clone()));
             tracker.spawn(broker.clone().resubscriber(index));
         }
+        metrics::broker_connected(true);
         tracker.spawn(broker.clone().batcher(ops_rx));
         tracker.spawn(broker.clone().prober(opts.probe_interval));
         Ok(broker)
@@ -226,10 +233,23 @@ impl RedisBroker {
         &self.inner.shards[i]
     }
 
-    /// Current health, for readiness.
+    fn connected(&self) -> bool {
+        self.inner.publisher.is_connected()
+            && self.inner.shards.iter().all(|s| s.client.is_connected())
+    }
+
+    /// Current health, for readiness. A disconnect counts only once it has
+    /// lasted [`READY_DEBOUNCE`]: a connection reset that reconnects at once
+    /// must not take a whole fleet out of rotation.
     pub fn health(&self) -> Health {
-        let connected = self.inner.publisher.is_connected()
-            && self.inner.shards.iter().all(|s| s.client.is_connected());
+        let mut down_since = self.inner.down_since.lock();
+        let connected = if self.connected() {
+            *down_since = None;
+            true
+        } else {
+            let since = *down_since.get_or_insert_with(Instant::now);
+            since.elapsed() < READY_DEBOUNCE
+        };
         Health {
             connected,
             probe_ok: self.inner.probe_ok.load(Ordering::Relaxed),
@@ -276,7 +296,6 @@ impl RedisBroker {
                     continue;
                 }
             };
-            metrics::broker_received();
             if events
                 .send(BrokerEvent { channel, envelope })
                 .await
@@ -503,7 +522,9 @@ impl RedisBroker {
                     continue;
                 }
                 *missed += 1;
-                all_ok = false;
+                // One late probe is a slow reply, not an outage: readiness
+                // fails only after PROBE_MISSES in a row.
+                all_ok &= *missed < PROBE_MISSES;
                 metrics::broker_probe_failed();
                 tracing::warn!(
                     connection = shard.index,
@@ -523,6 +544,7 @@ impl RedisBroker {
                 }
             }
             self.inner.probe_ok.store(all_ok, Ordering::Relaxed);
+            metrics::broker_connected(self.connected());
             seq += 1;
             for shard in &self.inner.shards {
                 if !self.inner.publisher.is_connected() {

@@ -27,6 +27,7 @@ use crate::{
     api::error::ApiError,
     auth::{AuthError, Credentials},
     ids::{jitter_ms, unix_ms},
+    metrics,
     node::{NodeError, Targets},
     protocol::{
         self, ClientFrame, CloseReason, ErrorCode, FrameError, Welcome, parse_client_frame,
@@ -59,9 +60,11 @@ pub async fn handler(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     if state.shutdown.is_triggered() {
+        metrics::connection_rejected("shutting_down");
         return ApiError::shutting_down().into_response();
     }
     if !origin_allowed(&state, &headers) {
+        metrics::connection_rejected("origin");
         return ApiError::new(
             StatusCode::FORBIDDEN,
             "origin_not_allowed",
@@ -72,6 +75,7 @@ pub async fn handler(
     let upgrade = match upgrade {
         Ok(u) => u,
         Err(rejection) => {
+            metrics::connection_rejected("not_websocket");
             return ApiError::new(
                 rejection.status(),
                 "websocket_required",
@@ -152,6 +156,11 @@ async fn run(mut socket: WebSocket, state: AppState, creds: Option<Credentials>)
         None => match authenticate(&mut socket, &state).await {
             Ok(c) => c,
             Err(reason) => {
+                metrics::connection_rejected(match reason {
+                    CloseReason::Shutdown { .. } => "shutting_down",
+                    CloseReason::MessageTooBig | CloseReason::ProtocolViolation => "bad_frame",
+                    _ => "auth_failed",
+                });
                 finish(&mut socket, reason, state.cfg.write_timeout).await;
                 return;
             }
@@ -161,6 +170,7 @@ async fn run(mut socket: WebSocket, state: AppState, creds: Option<Credentials>)
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(uid = %creds.uid, error = %e, "cannot register connection");
+            metrics::connection_rejected("broker_unavailable");
             let _ = socket
                 .send(text(protocol::error_frame(
                     None,
@@ -175,16 +185,26 @@ async fn run(mut socket: WebSocket, state: AppState, creds: Option<Credentials>)
             return;
         }
     };
+    metrics::connection_opened();
     let mut conn = Conn::new(socket, state, creds, session);
     let write_timeout = conn.state.cfg.write_timeout;
-    match conn.serve().await {
-        Some(reason) => finish(&mut conn.socket, reason, write_timeout).await,
+    let ended = match conn.serve().await {
+        Some(reason) => {
+            finish(&mut conn.socket, reason, write_timeout).await;
+            (reason.as_str(), metrics::close_code(reason))
+        }
         // The client closed: send the close reply tungstenite has queued.
         None => {
             let _ = timeout(write_timeout, conn.socket.flush()).await;
+            if conn.peer_closed {
+                ("client_closed", "none")
+            } else {
+                ("connection_lost", "none")
+            }
         }
-    }
+    };
     conn.state.node.disconnect(&conn.session).await;
+    metrics::connection_closed(ended.0, ended.1);
 }
 
 /// Waits for the `auth` frame of a client that had no `?token=`.
@@ -338,6 +358,8 @@ struct Conn {
     next_ping: Instant,
     /// Bad frames in a row; reset by a good one.
     bad_frames: u32,
+    /// The client sent a close frame (rather than vanishing).
+    peer_closed: bool,
 }
 
 impl Conn {
@@ -355,6 +377,7 @@ impl Conn {
             last_recv: now,
             next_ping,
             bad_frames: 0,
+            peer_closed: false,
         }
     }
 
@@ -440,10 +463,21 @@ impl Conn {
             if batch.frames.is_empty() {
                 return batch.close.map_or(Step::Continue, Step::Close);
             }
-            let frames = batch.frames.into_iter().map(Message::Text).collect();
+            let count = batch.frames.len();
+            let oldest_ts = batch
+                .frames
+                .iter()
+                .find(|f| f.ts_ms > 0)
+                .map_or(0, |f| f.ts_ms);
+            let frames = batch
+                .frames
+                .into_iter()
+                .map(|f| Message::Text(f.text))
+                .collect();
             if let Err(step) = self.write_with_timeout(frames, abort_on_close).await {
                 return step;
             }
+            metrics::frames_written(count, oldest_ts);
             if let Some(reason) = batch.close {
                 return Step::Close(reason);
             }
@@ -528,7 +562,11 @@ impl Conn {
     async fn on_message(&mut self, msg: Option<Result<Message, axum::Error>>) -> Step {
         self.last_recv = Instant::now();
         let text = match msg {
-            None | Some(Ok(Message::Close(_))) => return Step::Gone,
+            None => return Step::Gone,
+            Some(Ok(Message::Close(_))) => {
+                self.peer_closed = true;
+                return Step::Gone;
+            }
             Some(Err(e)) => {
                 return match read_error_reason(&e) {
                     Some(reason) => {
@@ -592,7 +630,7 @@ impl Conn {
     fn reply(&self, frame: String) {
         // Replies share the queue (and its order) with messages; a full
         // queue means the session is already closing as a slow consumer.
-        let _ = self.session.push(&Utf8Bytes::from(frame));
+        let _ = self.session.push(&Utf8Bytes::from(frame), 0);
     }
 
     async fn on_frame(&mut self, frame: ClientFrame) -> Result<Step, FrameError> {

@@ -69,6 +69,8 @@ pub fn config() -> Config {
         jwt_secret: Some(SECRET.into()),
         api_keys: vec![API_KEY.into(), API_KEY_2.into()],
         log: "warn".into(),
+        drain_window: Duration::from_millis(300),
+        shutdown_grace: Duration::from_secs(5),
         ..Config::default()
     }
 }
