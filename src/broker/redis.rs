@@ -243,7 +243,9 @@ impl RedisBroker {
     /// must not take a whole fleet out of rotation.
     pub fn health(&self) -> Health {
         let mut down_since = self.inner.down_since.lock();
-        let connected = if self.connected() {
+        let up = self.connected();
+        metrics::broker_connected(up);
+        let connected = if up {
             *down_since = None;
             true
         } else {

@@ -8,6 +8,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod process;
+pub mod proxy;
 pub mod redis;
 
 use std::{net::SocketAddr, time::Duration};

@@ -98,6 +98,35 @@ impl FanoutProcess {
         self.child.as_ref().map_or(0, Child::id)
     }
 
+    /// Sends a signal (`TERM`, `INT`, ...) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits (up to the patience, several times over) for the process to
+    /// exit on its own; returns its exit code.
+    pub fn wait_exit(&mut self, patience_factor: u32) -> Option<i32> {
+        let deadline = std::time::Instant::now() + super::patience() * patience_factor;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return status.code();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "fanout {} did not exit:\n{}",
+                self.node_id,
+                self.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILL: the node dies without any cleanup.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -1,0 +1,195 @@
+//! What operators rely on: the paced drain on SIGTERM, readiness that tells
+//! the truth about Redis and a wedged pub/sub connection.
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::json;
+use support::{Client, process::FanoutProcess, proxy::WedgeProxy, redis::RedisServer};
+use tokio_tungstenite::tungstenite::{Message, protocol::CloseFrame};
+
+/// SIGTERM with 1,000 clients: readiness fails first, every client gets
+/// `bye` shutdown with reconnect hints spread over the drain window, the
+/// closes are paced (most clients are still connected when the first is
+/// closed), and the process exits 0 on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paced_drain_with_a_thousand_clients() {
+    const N: usize = 1_000;
+    const WINDOW_MS: u64 = 3_000;
+    let mut node =
+        FanoutProcess::start("drain", &["--drain-window", "3s", "--shutdown-grace", "5s"]);
+    let mut clients = Vec::with_capacity(N);
+    for chunk in (0..N).collect::<Vec<_>>().chunks(250) {
+        let uids: Vec<String> = chunk.iter().map(|i| format!("d{i}")).collect();
+        let batch = uids.iter().map(|uid| node.client(uid));
+        clients.extend(futures_util::future::join_all(batch).await);
+    }
+    assert_eq!(node.internal_get("/readyz").await.0, 200);
+    assert_eq!(node.metric("fanout_connections_active", "").await, N as f64);
+
+    // Every client reads until its close; the first close is announced.
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
+    let first_tx = std::sync::Mutex::new(Some(first_tx));
+    let first_tx = std::sync::Arc::new(first_tx);
+    let readers = clients.into_iter().map(|mut c| {
+        let first_tx = first_tx.clone();
+        tokio::spawn(async move {
+            let mut bye = None;
+            loop {
+                match tokio::time::timeout(support::patience() * 3, c.ws.next()).await {
+                    Ok(Some(Ok(Message::Text(t)))) => {
+                        bye = Some(serde_json::from_str::<serde_json::Value>(&t).unwrap());
+                    }
+                    Ok(Some(Ok(Message::Close(Some(CloseFrame { code, .. }))))) => {
+                        if let Some(tx) = first_tx.lock().unwrap().take() {
+                            let _ = tx.send(());
+                        }
+                        return (bye, u16::from(code));
+                    }
+                    Ok(Some(Ok(_))) => {}
+                    other => panic!("no close frame: {other:?}"),
+                }
+            }
+        })
+    });
+    let readers: Vec<_> = readers.collect();
+
+    node.signal("TERM");
+    // Readiness flips at once, while (nearly) everyone is still connected.
+    assert_eventually!(node.internal_get("/readyz").await.0 == 503);
+    let (_, ready) = node.internal_get("/readyz").await;
+    assert!(ready.contains("draining"), "{ready}");
+    // Pacing: when the first client is closed, most are still connected.
+    first_rx.await.unwrap();
+    let still_open = node.metric("fanout_connections_active", "").await;
+    assert!(
+        still_open > (N / 2) as f64,
+        "only {still_open} still open after the first close"
+    );
+    assert_eq!(node.metric("fanout_draining", "").await, 1.0);
+
+    let mut hints = Vec::with_capacity(N);
+    for r in readers {
+        let (bye, code) = r.await.unwrap();
+        let bye = bye.expect("a bye frame before the close");
+        assert_eq!(
+            (
+                bye["type"].as_str(),
+                bye["reason"].as_str(),
+                bye["reconnect"].as_bool(),
+                code
+            ),
+            (Some("bye"), Some("shutdown"), Some(true), 3001)
+        );
+        hints.push(bye["retry_after_ms"].as_u64().unwrap());
+    }
+    // Hints spread over the whole window, not bunched.
+    let (min, max) = (*hints.iter().min().unwrap(), *hints.iter().max().unwrap());
+    assert!(
+        max < WINDOW_MS && max - min > WINDOW_MS / 2,
+        "hints {min}..{max}"
+    );
+    let early = hints.iter().filter(|h| **h < WINDOW_MS / 2).count();
+    assert!(
+        (N / 4..3 * N / 4).contains(&early),
+        "{early} of {N} hints in the first half"
+    );
+    assert_eq!(node.wait_exit(3), Some(0));
+}
+
+/// A second signal during the drain exits at once (130).
+#[tokio::test]
+async fn second_signal_exits_at_once() {
+    let mut node = FanoutProcess::start("twice", &["--drain-window", "60s"]);
+    let _clients =
+        futures_util::future::join_all(["t0", "t1", "t2"].map(|uid| node.client(uid))).await;
+    node.signal("TERM");
+    assert_eventually!(node.internal_get("/readyz").await.0 == 503);
+    node.signal("INT");
+    assert_eq!(node.wait_exit(1), Some(130));
+}
+
+/// Readiness is 503 while Redis is down and when a pub/sub connection is
+/// up but delivers nothing; the wedged connection is restarted by the probe
+/// and delivery and readiness come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_redis_and_the_probe() {
+    if !support::redis::available() {
+        return;
+    }
+    let mut redis = RedisServer::start();
+    let proxy = WedgeProxy::start(redis.port).await;
+    let url = format!("redis://127.0.0.1:{}", proxy.port);
+    let node = FanoutProcess::start(
+        "ready",
+        &[
+            "--redis-url",
+            &url,
+            "--redis-probe-interval",
+            "400ms",
+            "--redis-pubsub-connections",
+            "2",
+        ],
+    );
+    let mut c = node.client("r").await;
+    assert_eq!(node.internal_get("/readyz").await.0, 200);
+
+    // A wedged pub/sub connection: TCP up, nothing delivered.
+    assert_eq!(proxy.wedge_subscribers(), 2);
+    assert_eventually!(
+        node.internal_get("/readyz")
+            .await
+            .1
+            .contains("pubsub_probe_failing")
+    );
+    assert!(node.metric("fanout_broker_probe_failures_total", "").await >= 2.0);
+    assert_eventually!(node.internal_get("/readyz").await.0 == 200);
+    // At most once: a message published before the resubscribe may be
+    // lost, so publish until one arrives (each is polled briefly).
+    let mut delivered = false;
+    let mut sent = Vec::new();
+    for _ in 0..50 {
+        let (s, body) = node
+            .publish(json!({"users": ["r"]}), json!("after-wedge"))
+            .await;
+        assert_eq!(s, 200, "{body}");
+        sent.push(body["id"].clone());
+        if let Ok(m) = tokio::time::timeout(Duration::from_millis(200), c.recv()).await {
+            assert!(sent.contains(&m["id"]), "{m}");
+            delivered = true;
+            break;
+        }
+    }
+    assert!(
+        delivered,
+        "no delivery after the wedged connection was restarted"
+    );
+
+    // Redis down: 503 (after the 1 s debounce); back up: 200.
+    redis.kill();
+    assert_eventually!(
+        node.internal_get("/readyz")
+            .await
+            .1
+            .contains("redis_disconnected")
+    );
+    redis.restart();
+    assert_eventually!(node.internal_get("/readyz").await.0 == 200);
+    assert_eventually!(node.metric("fanout_broker_connected", "").await == 1.0);
+}
+
+/// Liveness stays 200 through a drain (the process is alive).
+#[tokio::test]
+async fn liveness_is_only_about_the_process() {
+    let node = FanoutProcess::start("live", &["--drain-window", "30s"]);
+    let _c: Client = node.client("x").await;
+    assert_eq!(
+        node.internal_get("/healthz").await,
+        (200, r#"{"status":"ok"}"#.to_owned())
+    );
+    node.signal("TERM");
+    assert_eventually!(node.internal_get("/readyz").await.0 == 503);
+    assert_eq!(node.internal_get("/healthz").await.0, 200);
+}
