@@ -26,14 +26,17 @@ fmt-check:
 lint:
 	$(CARGO) clippy --all-targets -- -D warnings
 
-# Integration tests start their own redis-server processes; with
-# FANOUT_REQUIRE_REDIS=1 a missing redis-server fails them instead of
-# skipping them.
+# Integration tests start their own redis-server processes and use promtool
+# and prometheus (extracted from Debian's package into a cache); with
+# FANOUT_REQUIRE_* set, anything missing fails the tests instead of skipping.
 unit-test: ensure-redis
-	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-		FANOUT_REQUIRE_REDIS=1 $(CARGO) nextest run --no-fail-fast; \
+	@bin=$$(.ci/ensure-prometheus.sh) && \
+	export PROMTOOL_BIN="$$bin/promtool" PROMETHEUS_BIN="$$bin/prometheus" \
+		FANOUT_REQUIRE_REDIS=1 FANOUT_REQUIRE_TOOLS=1 && \
+	if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --no-fail-fast; \
 	else \
-		FANOUT_REQUIRE_REDIS=1 $(CARGO) test --no-fail-fast; \
+		$(CARGO) test --no-fail-fast; \
 	fi
 
 ensure-redis:

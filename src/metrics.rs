@@ -180,11 +180,67 @@ pub fn install() -> PrometheusHandle {
                 tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
             }
             describe_all();
+            register_zeroes();
             gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             start_time();
             handle
         })
         .clone()
+}
+
+/// Every series with a fixed label set exists from the start (at zero), so
+/// `rate()` and alerts work before the first event.
+fn register_zeroes() {
+    for reason in [
+        "shutting_down",
+        "origin",
+        "not_websocket",
+        "bad_request",
+        "unauthorized",
+        "auth_failed",
+        "bad_frame",
+        "broker_unavailable",
+    ] {
+        counter!(CONNECTIONS_REJECTED, "reason" => reason).absolute(0);
+    }
+    let reasons = [
+        CloseReason::Shutdown { retry_after_ms: 0 },
+        CloseReason::Unavailable { retry_after_ms: 0 },
+        CloseReason::TokenExpired,
+        CloseReason::SlowConsumer { retry_after_ms: 0 },
+        CloseReason::WriteError,
+        CloseReason::IdleTimeout,
+        CloseReason::Unauthorized,
+        CloseReason::ProtocolViolation,
+        CloseReason::Kicked,
+        CloseReason::MessageTooBig,
+    ];
+    for r in reasons {
+        counter!(DISCONNECTS, "reason" => r.as_str(), "code" => close_code(r)).absolute(0);
+    }
+    for reason in ["client_closed", "connection_lost"] {
+        counter!(DISCONNECTS, "reason" => reason, "code" => "none").absolute(0);
+    }
+    counter!(CONNECTIONS_ACCEPTED, "transport" => WEBSOCKET).absolute(0);
+    gauge!(CONNECTIONS_ACTIVE, "transport" => WEBSOCKET).increment(0.0);
+    gauge!(USERS_ONLINE).increment(0.0);
+    gauge!(GROUPS_ACTIVE).increment(0.0);
+    gauge!(BROKER_SUBSCRIPTIONS).increment(0.0);
+    gauge!(DRAINING).set(0.0);
+    counter!(SLOW_CONSUMERS).absolute(0);
+    counter!(MESSAGES_DELIVERED).absolute(0);
+    counter!(FRAMES_SENT).absolute(0);
+    counter!(MESSAGES_DROPPED, "reason" => "slow_consumer").absolute(0);
+    counter!(BROKER_MESSAGES_RECEIVED).absolute(0);
+    for reason in ["invalid_json", "invalid_field", "unknown_command", "lagged"] {
+        counter!(BROKER_MESSAGES_DROPPED, "reason" => reason).absolute(0);
+    }
+    for op in ["publish", "subscribe", "unsubscribe"] {
+        counter!(BROKER_COMMANDS, "op" => op).absolute(0);
+        counter!(BROKER_ERRORS, "op" => op).absolute(0);
+    }
+    counter!(BROKER_RECONNECTS).absolute(0);
+    counter!(BROKER_PROBE_FAILURES).absolute(0);
 }
 
 // === connections ===
