@@ -167,6 +167,17 @@ impl Session {
         self.inner.wake.notified().await;
     }
 
+    /// Frames or a close request are waiting.
+    pub fn has_pending(&self) -> bool {
+        let q = self.inner.queue.lock();
+        !q.frames.is_empty() || q.close.is_some()
+    }
+
+    /// Wakes the connection task as a push would.
+    pub fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
     /// Bytes waiting in the queue.
     pub fn queued_bytes(&self) -> usize {
         self.inner.queue.lock().bytes

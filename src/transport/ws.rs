@@ -453,10 +453,12 @@ impl Conn {
         }
     }
 
-    /// Writes everything queued; repeats until the queue is empty because
-    /// pushes that arrive during a write may share its wake-up. With
-    /// `abort_on_close`, a close requested meanwhile (a slow consumer) stops
-    /// the write.
+    /// Writes what is queued as one batch and flushes once. With
+    /// `abort_on_close` (normal operation) a close requested meanwhile (a
+    /// slow consumer) stops the write, and only one batch is written per
+    /// wake-up so a busy stream cannot starve reading the socket; without
+    /// it (the session is closing, nothing new arrives) everything left is
+    /// written.
     async fn flush_queue(&mut self, abort_on_close: bool) -> Step {
         loop {
             let batch = self.session.take();
@@ -480,6 +482,14 @@ impl Conn {
             metrics::frames_written(count, oldest_ts);
             if let Some(reason) = batch.close {
                 return Step::Close(reason);
+            }
+            if abort_on_close {
+                // The write's close watcher may have consumed the wake-up
+                // of frames pushed meanwhile: re-arm it for the next turn.
+                if self.session.has_pending() {
+                    self.session.wake();
+                }
+                return Step::Continue;
             }
         }
     }
