@@ -5,22 +5,7 @@ mod support;
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use support::{API_KEY_2, Client, TestServer};
-
-/// Publishes a marker to `uid` and returns what the client read before it.
-async fn frames_until_marker(server: &TestServer, client: &mut Client, uid: &str) -> Vec<Value> {
-    let id = server
-        .publish_ok(json!({"users": [uid]}), "marker", json!(null))
-        .await;
-    let mut seen = Vec::new();
-    loop {
-        let v = client.recv().await;
-        if v["id"] == id {
-            return seen;
-        }
-        seen.push(v);
-    }
-}
+use support::{API_KEY_2, TestServer};
 
 /// A user with three connections gets exactly one copy on each; another
 /// user gets none.
@@ -67,7 +52,7 @@ async fn user_publish_reaches_every_connection_once() {
         );
     }
     assert_eq!(
-        frames_until_marker(&server, &mut other, "43").await,
+        server.frames_until_marker(&mut other, "43").await,
         Vec::<Value>::new()
     );
 }
@@ -87,7 +72,7 @@ async fn offline_users_are_reported() {
     assert_eq!(m["data"], 1);
     assert!(m.get("event").is_none());
     assert_eq!(
-        frames_until_marker(&server, &mut on, "on").await,
+        server.frames_until_marker(&mut on, "on").await,
         Vec::<Value>::new()
     );
 }
@@ -108,7 +93,7 @@ async fn group_and_broadcast_addressing() {
         (Some("group:room-1"), Some(&*gid))
     );
     assert_eq!(
-        frames_until_marker(&server, &mut b, "b").await,
+        server.frames_until_marker(&mut b, "b").await,
         Vec::<Value>::new()
     );
 
@@ -126,7 +111,7 @@ async fn group_and_broadcast_addressing() {
             (Some("all"), Some(&*all))
         );
         assert_eq!(
-            frames_until_marker(&server, c, uid).await,
+            server.frames_until_marker(c, uid).await,
             Vec::<Value>::new()
         );
     }
@@ -221,7 +206,7 @@ async fn server_side_join_and_leave() {
         .publish_ok(json!({"groups": ["team/a"]}), "x", json!(2))
         .await;
     assert_eq!(
-        frames_until_marker(&server, &mut c1, "u").await,
+        server.frames_until_marker(&mut c1, "u").await,
         Vec::<Value>::new()
     );
     assert_eq!(server.stats().await["groups"], 0);

@@ -36,22 +36,6 @@ fn hmac_token(alg: &str, secret: &str, claims: &Value) -> String {
     .unwrap()
 }
 
-/// Sends `marker` to `uid` through the API and reads up to it: anything
-/// wrongly delivered before it would show up in the returned frames.
-async fn frames_until_marker(server: &TestServer, client: &mut Client, uid: &str) -> Vec<Value> {
-    let id = server
-        .publish_ok(json!({"users": [uid]}), "marker", json!(null))
-        .await;
-    let mut seen = Vec::new();
-    loop {
-        let v = client.recv().await;
-        if v["id"] == id {
-            return seen;
-        }
-        seen.push(v);
-    }
-}
-
 /// The welcome frame carries the connection, uid, node, expiry and heartbeat.
 #[tokio::test]
 async fn token_in_url_gets_welcome() {
@@ -240,7 +224,7 @@ async fn client_publish_reaches_the_group_with_from() {
         assert!(m["id"].is_string() && m["ts"].is_u64(), "{m}");
     }
     assert_eq!(
-        frames_until_marker(&server, &mut outsider, "carol").await,
+        server.frames_until_marker(&mut outsider, "carol").await,
         Vec::<Value>::new()
     );
 }

@@ -199,6 +199,23 @@ impl TestServer {
         body["id"].as_str().unwrap().to_owned()
     }
 
+    /// Publishes a marker to `uid` and returns what `client` read before
+    /// it: anything wrongly delivered earlier shows up here (one node's
+    /// broker delivers in order).
+    pub async fn frames_until_marker(&self, client: &mut Client, uid: &str) -> Vec<Value> {
+        let id = self
+            .publish_ok(json!({"users": [uid]}), "marker", json!(null))
+            .await;
+        let mut seen = Vec::new();
+        loop {
+            let v = client.recv().await;
+            if v["id"] == id {
+                return seen;
+            }
+            seen.push(v);
+        }
+    }
+
     pub async fn stats(&self) -> Value {
         self.api(reqwest::Method::GET, "/api/stats", None).await.1
     }
