@@ -574,3 +574,53 @@ async fn cluster_resharding_leads_to_a_resubscribe() {
     );
     expect_message(&mut c, body["id"].as_str().unwrap()).await;
 }
+
+/// Channels are spread over a pool of pub/sub connections: with one of two
+/// wedged (open, delivering nothing), users whose channels live on the
+/// other still get their messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_wedged_pubsub_connection_does_not_cut_the_node_off() {
+    if !support::redis::available() {
+        return;
+    }
+    const USERS: usize = 16;
+    let redis = RedisServer::start();
+    let proxy = support::proxy::WedgeProxy::start(redis.port).await;
+    // A long probe interval: nothing restarts the wedged connection here.
+    let a = FanoutProcess::start(
+        "pool",
+        &[
+            "--redis-url",
+            &format!("redis://127.0.0.1:{}", proxy.port),
+            "--redis-pubsub-connections",
+            "2",
+            "--redis-probe-interval",
+            "60s",
+        ],
+    );
+    let mut clients = Vec::new();
+    for i in 0..USERS {
+        clients.push(a.client(&format!("p{i}")).await);
+    }
+    assert!(proxy.wedge_one_subscriber());
+    let users: Vec<String> = (0..USERS).map(|i| format!("p{i}")).collect();
+    let (s, _) = a
+        .publish(json!({"users": users}), json!("through the pool"))
+        .await;
+    assert_eq!(s, 200);
+    // Users on the healthy connection get it within moments; those on the
+    // wedged one never do (this wait only bounds the test).
+    let received = futures_util::future::join_all(clients.iter_mut().map(|c| async {
+        tokio::time::timeout(Duration::from_secs(2), c.recv())
+            .await
+            .is_ok()
+    }))
+    .await
+    .into_iter()
+    .filter(|r| *r)
+    .count();
+    assert!(
+        (1..USERS).contains(&received),
+        "{received} of {USERS} received"
+    );
+}

@@ -83,6 +83,19 @@ impl WedgeProxy {
         Self { port, conns, task }
     }
 
+    /// Wedges one pub/sub connection (the first opened); returns whether
+    /// there was one.
+    pub fn wedge_one_subscriber(&self) -> bool {
+        let conns = self.conns.lock();
+        match conns.iter().find(|c| c.subscriber.load(Ordering::Relaxed)) {
+            Some(c) => {
+                c.frozen.store(true, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Wedges every pub/sub connection open now; later ones work.
     /// Returns how many were wedged.
     pub fn wedge_subscribers(&self) -> usize {
