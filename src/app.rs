@@ -91,12 +91,8 @@ pub async fn spawn(cfg: Config, shutdown: Shutdown) -> anyhow::Result<App> {
     node.start()
         .await
         .context("subscribing the node's own channels")?;
-    shutdown
-        .tracker()
-        .spawn(node.clone().dispatch(events_rx, shutdown.token().clone()));
-    shutdown
-        .tracker()
-        .spawn(node.clone().dissolve(shutdown.token().clone()));
+    background.spawn(node.clone().dispatch(events_rx, background_stop.clone()));
+    background.spawn(node.clone().dissolve(background_stop.clone()));
 
     let listener = TcpListener::bind(cfg.listen)
         .await
