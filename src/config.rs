@@ -384,8 +384,8 @@ impl Config {
             format!("{ENV_MAX_FRAME} must be between 256 bytes and 16MiB"),
         );
         need(
-            self.api_body_limit >= KIB,
-            format!("{ENV_API_BODY_LIMIT} must be at least 1KiB"),
+            (KIB..=16 * MIB).contains(&self.api_body_limit),
+            format!("{ENV_API_BODY_LIMIT} must be between 1KiB and 16MiB"),
         );
         need(
             (256..=MIB).contains(&self.ws_read_buffer),
@@ -473,7 +473,8 @@ impl Config {
         if let Some(url) = &self.redis_url {
             if !SCHEMES.iter().any(|s| url.starts_with(s)) {
                 return Err(fail(format!(
-                    "{ENV_REDIS_URL} must start with redis://, rediss://, redis-cluster:// or redis-sentinel://"
+                    "{ENV_REDIS_URL} must start with one of: {}",
+                    SCHEMES.join(", ")
                 )));
             }
         }

@@ -4,8 +4,8 @@
 //! everyone, through the HTTP API; fanout pushes it to the matching
 //! WebSocket connections. A [`node::Node`] owns the [`hub::Hub`] (which
 //! sessions are here, by uid and by group) and a [`broker`] (how messages
-//! reach the nodes that hold those sessions). The memory broker serves a
-//! single node; the Redis broker (next) spreads the same contract over many.
+//! reach the nodes that hold those sessions). The in-process broker serves a
+//! single node; the Redis broker spreads the same contract over many.
 //!
 //! # Layout
 //! - [`config`]: flags and `FANOUT_*` variables, validation.
@@ -15,7 +15,8 @@
 //! - [`node`]: publish, join/leave, subscribe on first / unsubscribe on last.
 //! - [`hub`]: the sharded registry of sessions; no I/O.
 //! - [`session`]: one connection's identity, bounded queue and groups.
-//! - [`broker`]: the `Broker` trait and the in-process implementation.
+//! - [`broker`]: the `Broker` trait, the in-process and Redis brokers, the
+//!   JSON published on Redis.
 //! - [`protocol`]: wire frames, error and close codes, names; no I/O.
 //! - [`auth`]: JWT verification, token minting, API key checks.
 //! - [`shutdown`], [`state`], [`dev`], [`ids`], [`metrics`]: plumbing.

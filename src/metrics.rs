@@ -138,7 +138,7 @@ fn describe_all() {
     );
     describe_counter!(
         BROKER_MESSAGES_DROPPED,
-        "Messages from the broker that were dropped, by reason (invalid_json, invalid_field, unknown_command, lagged)."
+        "Messages from the broker that were dropped, by reason (invalid_json, invalid_field, unknown_command, too_large, misdirected, lagged)."
     );
     describe_counter!(BROKER_COMMANDS, "Broker commands sent, by operation.");
     describe_counter!(BROKER_ERRORS, "Broker commands that failed, by operation.");
@@ -203,9 +203,9 @@ fn register_zeroes() {
     ] {
         counter!(CONNECTIONS_REJECTED, "reason" => reason).absolute(0);
     }
+    // (Unavailable closes happen before registration: counted as rejected.)
     let reasons = [
         CloseReason::Shutdown { retry_after_ms: 0 },
-        CloseReason::Unavailable { retry_after_ms: 0 },
         CloseReason::TokenExpired,
         CloseReason::SlowConsumer { retry_after_ms: 0 },
         CloseReason::WriteError,
@@ -232,7 +232,14 @@ fn register_zeroes() {
     counter!(FRAMES_SENT).absolute(0);
     counter!(MESSAGES_DROPPED, "reason" => "slow_consumer").absolute(0);
     counter!(BROKER_MESSAGES_RECEIVED).absolute(0);
-    for reason in ["invalid_json", "invalid_field", "unknown_command", "lagged"] {
+    for reason in [
+        "invalid_json",
+        "invalid_field",
+        "unknown_command",
+        "too_large",
+        "misdirected",
+        "lagged",
+    ] {
         counter!(BROKER_MESSAGES_DROPPED, "reason" => reason).absolute(0);
     }
     for op in ["publish", "subscribe", "unsubscribe"] {

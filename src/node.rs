@@ -304,7 +304,9 @@ impl Node {
                 }
             }
             (_, cmd) => {
-                tracing::warn!(%channel, ?cmd, "command not valid on this channel; ignored");
+                // Only a misbehaving publisher sends these: count, don't log each.
+                metrics::broker_dropped("misdirected", 1);
+                tracing::debug!(%channel, ?cmd, "command not valid on this channel; ignored");
             }
         }
     }
@@ -461,7 +463,14 @@ impl Node {
             {
                 // The broker forgets a lost connection's subscriptions
                 // anyway; a stale one costs deliveries nobody receives.
-                tracing::warn!(%channel, error = %e, "unsubscribe failed");
+                match e {
+                    BrokerError::Closed => {
+                        tracing::debug!(%channel, "unsubscribe after broker close")
+                    }
+                    BrokerError::Unavailable(_) => {
+                        tracing::warn!(%channel, error = %e, "unsubscribe failed");
+                    }
+                }
             }
         }
     }

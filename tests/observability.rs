@@ -136,6 +136,7 @@ async fn busy_node(redis: &RedisServer) -> FanoutProcess {
     assert!(node.metric("fanout_slow_consumers_total", "").await >= 1.0);
     // Broker: an invalid body and a reconnect of every pub/sub connection.
     redis.cli(&["PUBLISH", "fanout:user:a", "garbage"]);
+    redis.cli(&["PUBLISH", "fanout:group:g", r#"{"cmd":"disconnect"}"#]);
     redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
     assert_eventually!(
         node.metric("fanout_broker_resubscribe_duration_seconds_count", "")
@@ -163,6 +164,28 @@ async fn live_scrape_is_valid_and_complete() {
     let node = busy_node(&redis).await;
     let (status, scrape) = node.internal_get("/metrics").await;
     assert_eq!(status, 200);
+    let value = |name: &str, labels: &str| support::metric_value(&scrape, name, labels);
+    assert!(
+        value(
+            "fanout_connections_rejected_total",
+            "reason=\"unauthorized\""
+        ) >= 1.0
+    );
+    assert!(
+        value(
+            "fanout_broker_messages_dropped_total",
+            "reason=\"misdirected\""
+        ) >= 1.0
+    );
+    assert!(
+        value(
+            "fanout_broker_messages_dropped_total",
+            "reason=\"invalid_json\""
+        ) >= 1.0
+    );
+    assert!(value("fanout_slow_consumers_total", "") >= 1.0);
+    assert!(value("fanout_disconnects_total", "reason=\"kicked\"") >= 1.0);
+    assert!(value("fanout_http_requests_total", "status=\"401\"") >= 1.0);
 
     let missing: Vec<String> = declared_metrics()
         .into_iter()

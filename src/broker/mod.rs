@@ -1,7 +1,8 @@
 //! The broker carries messages between nodes: a node subscribes to the
 //! channels its local sessions need and receives what anyone publishes to
 //! them. Implementations: [`memory::MemoryBroker`] (the default, one process)
-//! and, with the Redis issue, a Redis pub/sub broker.
+//! and [`redis::RedisBroker`] (Redis pub/sub, Cluster sharded pub/sub,
+//! Sentinel).
 //!
 //! A broker never touches sessions: it pushes what it receives into the
 //! node through one bounded channel of [`BrokerEvent`]s, and the node fans

@@ -1,6 +1,7 @@
 //! The Redis broker: plain pub/sub (or sharded pub/sub on Redis Cluster)
 //! on channels `<prefix>:user:<uid>`, `<prefix>:group:<name>`,
-//! `<prefix>:all` and `<prefix>:node:<id>`.
+//! `<prefix>:all` and `<prefix>:node:<id>`, plus one probe channel per
+//! pub/sub connection, `<prefix>:probe:<node>:<n>`.
 //!
 //! - Subscriptions are spread over a small pool of subscriber connections
 //!   (by hash of the channel), so one killed or backlogged connection does
@@ -66,6 +67,8 @@ const RECEIVE_BUFFER: usize = 16_384;
 const PROBE_MISSES: u32 = 2;
 /// How long a disconnect must last before readiness reports it.
 pub const READY_DEBOUNCE: Duration = Duration::from_secs(1);
+/// How often connection state is sampled for the debounce and the gauge.
+const WATCH_EVERY: Duration = Duration::from_millis(250);
 
 /// How to reach Redis and how to use it.
 #[derive(Debug, Clone)]
@@ -221,6 +224,7 @@ impl RedisBroker {
         metrics::broker_connected(true);
         tracker.spawn(broker.clone().batcher(ops_rx));
         tracker.spawn(broker.clone().prober(opts.probe_interval));
+        tracker.spawn(broker.clone().watch_connection());
         Ok(broker)
     }
 
@@ -238,20 +242,42 @@ impl RedisBroker {
             && self.inner.shards.iter().all(|s| s.client.is_connected())
     }
 
-    /// Current health, for readiness. A disconnect counts only once it has
-    /// lasted [`READY_DEBOUNCE`]: a connection reset that reconnects at once
-    /// must not take a whole fleet out of rotation.
-    pub fn health(&self) -> Health {
-        let mut down_since = self.inner.down_since.lock();
+    /// Notes when a connection went down (checked every [`WATCH_EVERY`]),
+    /// so readiness can tell a blip from an outage.
+    fn observe_connection(&self) -> bool {
         let up = self.connected();
-        metrics::broker_connected(up);
-        let connected = if up {
+        let mut down_since = self.inner.down_since.lock();
+        if up {
             *down_since = None;
-            true
         } else {
-            let since = *down_since.get_or_insert_with(Instant::now);
-            since.elapsed() < READY_DEBOUNCE
-        };
+            down_since.get_or_insert_with(Instant::now);
+        }
+        metrics::broker_connected(up);
+        up
+    }
+
+    async fn watch_connection(self) {
+        loop {
+            tokio::select! {
+                () = self.inner.stop.cancelled() => return,
+                () = tokio::time::sleep(WATCH_EVERY) => {}
+            }
+            self.observe_connection();
+        }
+    }
+
+    /// Current health, for readiness. A disconnect counts only once it has
+    /// lasted [`READY_DEBOUNCE`] (measured from when it was first seen, at
+    /// most [`WATCH_EVERY`] after it happened): a connection reset that
+    /// reconnects at once must not take a whole fleet out of rotation.
+    pub fn health(&self) -> Health {
+        let up = self.observe_connection();
+        let connected = up
+            || self
+                .inner
+                .down_since
+                .lock()
+                .is_some_and(|since| since.elapsed() < READY_DEBOUNCE);
         Health {
             connected,
             probe_ok: self.inner.probe_ok.load(Ordering::Relaxed),
@@ -433,6 +459,7 @@ impl RedisBroker {
         shard.wanted.lock().extend(names.iter().cloned());
         if !shard.client.is_connected() {
             shard.wanted.lock().retain(|n| !names.contains(n));
+            metrics::broker_command("subscribe", false);
             return Err(BrokerError::Unavailable("not connected to Redis".into()));
         }
         let r = self.redis_subscribe(shard, names.clone()).await;
@@ -546,7 +573,6 @@ impl RedisBroker {
                 }
             }
             self.inner.probe_ok.store(all_ok, Ordering::Relaxed);
-            metrics::broker_connected(self.connected());
             seq += 1;
             for shard in &self.inner.shards {
                 if !self.inner.publisher.is_connected() {
@@ -641,6 +667,7 @@ impl Broker for RedisBroker {
     async fn publish(&self, channel: &Channel, envelope: &Envelope) -> Result<usize, BrokerError> {
         let publisher = &self.inner.publisher;
         if !publisher.is_connected() {
+            metrics::broker_command("publish", false);
             return Err(BrokerError::Unavailable("not connected to Redis".into()));
         }
         let name = self.full_name(channel);

@@ -13,8 +13,14 @@ use serde_json::value::RawValue;
 use super::{Command, Envelope};
 use crate::protocol::{Publication, is_valid_event, is_valid_name, null_value};
 
+/// Largest body accepted from the broker: bigger ones could not be written
+/// to a WebSocket client (see `max_write_buffer` in the transport).
+pub const MAX_BODY: usize = 16 << 20;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
+    #[error("larger than 16 MiB")]
+    TooLarge,
     #[error("not a JSON object")]
     NotJson,
     #[error("a field has the wrong type or value")]
@@ -27,6 +33,7 @@ impl DecodeError {
     /// Low-cardinality label for metrics.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::TooLarge => "too_large",
             Self::NotJson => "invalid_json",
             Self::BadField => "invalid_field",
             Self::UnknownCommand => "unknown_command",
@@ -66,6 +73,9 @@ pub fn decode(
     payload: &[u8],
     fill: impl FnOnce() -> (String, u64),
 ) -> Result<Envelope, DecodeError> {
+    if payload.len() > MAX_BODY {
+        return Err(DecodeError::TooLarge);
+    }
     if payload.trim_ascii_start().first() != Some(&b'{') {
         // Valid JSON of another shape is a bad field; anything else is not JSON.
         return Err(
@@ -85,7 +95,19 @@ pub fn decode(
     if body.cmd.is_some() {
         let cmd: Command =
             serde_json::from_slice(payload).map_err(|_| DecodeError::UnknownCommand)?;
-        return Ok(Envelope::Command(cmd));
+        let names_ok = match &cmd {
+            Command::Disconnect => true,
+            Command::Join { group } | Command::Leave { group } => is_valid_name(group),
+            Command::Presence { reply_to, .. } | Command::Stats { reply_to, .. } => {
+                is_valid_name(reply_to)
+            }
+            Command::Reply { node, .. } => is_valid_name(node),
+        };
+        return if names_ok {
+            Ok(Envelope::Command(cmd))
+        } else {
+            Err(DecodeError::BadField)
+        };
     }
     if body.event.as_deref().is_some_and(|e| !is_valid_event(e))
         || body
@@ -169,6 +191,10 @@ mod tests {
             (br#"{"event":""}"#, DecodeError::BadField),
             (br#"{"cmd":"explode"}"#, DecodeError::UnknownCommand),
             (br#"{"data":1,"from":"bad uid"}"#, DecodeError::BadField),
+            (
+                br#"{"cmd":"join","group":"bad name"}"#,
+                DecodeError::BadField,
+            ),
         ] {
             assert_eq!(
                 decode(body, fill).map(|_| ()),

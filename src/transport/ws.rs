@@ -87,6 +87,7 @@ pub async fn handler(
     let token = match query {
         Ok(Query(q)) => q.token,
         Err(rejection) => {
+            metrics::connection_rejected("bad_request");
             return ApiError::bad_request("invalid_query", rejection.body_text()).into_response();
         }
     };
@@ -94,6 +95,7 @@ pub async fn handler(
         None => None,
         Some(Ok(creds)) => Some(creds),
         Some(Err(e)) => {
+            metrics::connection_rejected("unauthorized");
             let code = match e {
                 AuthError::Expired => "token_expired",
                 _ => "invalid_token",
