@@ -91,11 +91,13 @@ pub async fn spawn(cfg: Config, shutdown: Shutdown) -> anyhow::Result<App> {
     node.start()
         .await
         .context("subscribing the node's own channels")?;
+    if matches!(node.broker(), AnyBroker::Memory(_)) {
+        metrics::broker_connected(true);
+    }
     background.spawn(node.clone().dispatch(events_rx, background_stop.clone()));
     background.spawn(node.clone().dissolve(background_stop.clone()));
 
-    let listener = TcpListener::bind(cfg.listen)
-        .await
+    let listener = bind(cfg.listen)
         .with_context(|| format!("binding the client listener on {}", cfg.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     let state = AppState {
@@ -139,6 +141,22 @@ pub async fn spawn(cfg: Config, shutdown: Shutdown) -> anyhow::Result<App> {
         background,
         background_stop,
     })
+}
+
+/// Pending connections the client listener queues (the kernel caps it at
+/// `net.core.somaxconn`); tokio's `bind` would use 128, too few for a
+/// reconnect storm.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 impl App {

@@ -95,7 +95,7 @@ fn describe_all() {
     );
     describe_counter!(
         FRAMES_SENT,
-        "Frames written to client sockets (messages and replies)."
+        "Message and reply frames written to client sockets (welcome, bye and pings are not counted)."
     );
     describe_histogram!(
         DELIVERY_LATENCY,
@@ -203,7 +203,8 @@ fn register_zeroes() {
     ] {
         counter!(CONNECTIONS_REJECTED, "reason" => reason).absolute(0);
     }
-    // (Unavailable closes happen before registration: counted as rejected.)
+    // (Unavailable and unauthorized closes happen before registration:
+    // counted as rejected.)
     let reasons = [
         CloseReason::Shutdown { retry_after_ms: 0 },
         CloseReason::TokenExpired,
@@ -215,7 +216,10 @@ fn register_zeroes() {
         CloseReason::Kicked,
         CloseReason::MessageTooBig,
     ];
-    for r in reasons {
+    for r in reasons
+        .into_iter()
+        .filter(|r| *r != CloseReason::Unauthorized)
+    {
         counter!(DISCONNECTS, "reason" => r.as_str(), "code" => close_code(r)).absolute(0);
     }
     for reason in ["client_closed", "connection_lost"] {
@@ -297,10 +301,13 @@ pub fn groups_active(delta: f64) {
 /// One message queued for `queued` connections; `slow` were cut off.
 pub fn broadcast(queued: usize, slow: usize, took: Duration) {
     counter!(MESSAGES_DELIVERED).increment(queued as u64);
-    if slow > 0 {
-        counter!(SLOW_CONSUMERS).increment(slow as u64);
-    }
+    let _ = slow; // counted where the queue overflows: `slow_consumer`
     histogram!(BROADCAST_DURATION).record(took.as_secs_f64());
+}
+
+/// A connection's queue overflowed: it is closing with 3008.
+pub fn slow_consumer() {
+    counter!(SLOW_CONSUMERS).increment(1);
 }
 
 pub fn messages_dropped(reason: &'static str, n: usize) {

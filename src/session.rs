@@ -120,6 +120,7 @@ impl Session {
                 q.frames = VecDeque::new();
                 q.bytes = 0;
                 drop(q);
+                crate::metrics::slow_consumer();
                 crate::metrics::messages_dropped("slow_consumer", dropped);
                 self.inner.wake.notify_one();
                 return Err(PushError::Full);

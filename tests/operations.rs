@@ -224,3 +224,24 @@ async fn messages_flow_during_the_drain() {
     }
     assert!(flowed, "no client was still open");
 }
+
+/// A client that drops its TCP connection without a close frame is counted
+/// as connection_lost, not as a protocol violation; the in-process broker
+/// reports itself connected.
+#[tokio::test]
+async fn vanished_client_is_connection_lost() {
+    let node = FanoutProcess::start("gone", &[]);
+    assert_eq!(node.metric("fanout_broker_connected", "").await, 1.0);
+    let c = node.client("g").await;
+    drop(c); // TCP FIN without a WebSocket close frame
+    assert_eventually!(
+        node.metric("fanout_disconnects_total", "reason=\"connection_lost\"")
+            .await
+            == 1.0
+    );
+    assert_eq!(
+        node.metric("fanout_disconnects_total", "reason=\"protocol_violation\"")
+            .await,
+        0.0
+    );
+}

@@ -560,12 +560,13 @@ impl RedisBroker {
                     missed = *missed,
                     "pub/sub probe not received"
                 );
-                if *missed >= PROBE_MISSES && shard.client.is_connected() {
+                // Restart every PROBE_MISSES misses; the count (and failed
+                // readiness) lasts until a probe comes through again.
+                if *missed % PROBE_MISSES == 0 && shard.client.is_connected() {
                     tracing::warn!(
                         connection = shard.index,
                         "restarting a pub/sub connection that delivers nothing"
                     );
-                    *missed = 0;
                     // The reconnect event makes the resubscriber restore everything.
                     if let Err(e) = shard.client.force_reconnection().await {
                         tracing::warn!(error = %e, "restart failed");

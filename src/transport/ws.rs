@@ -301,6 +301,8 @@ fn read_error_reason(e: &axum::Error) -> Option<CloseReason> {
     let inner = e.source_ws()?;
     match inner {
         WsError::Capacity(_) => Some(CloseReason::MessageTooBig),
+        // The peer closed TCP without a close frame: it is gone, not rude.
+        WsError::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) => None,
         WsError::Protocol(_) | WsError::Utf8(_) => Some(CloseReason::ProtocolViolation),
         _ => None,
     }
