@@ -204,7 +204,8 @@ impl App {
             );
         }
         self.background_stop.cancel();
-        self.state.node.close().await;
+        // QUIT to Redis; a dead Redis must not hold the exit up.
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.state.node.close()).await;
         self.background.close();
         let _ = tokio::time::timeout_at(
             deadline.max(tokio::time::Instant::now()) + Duration::from_secs(1),

@@ -93,8 +93,9 @@ pub struct Config {
 
     /// Redis URL; without it (and without --redis-sentinel) fanout runs as a single node on
     /// its in-process broker. `redis://[user:pass@]host:port`, `rediss://` for TLS,
-    /// `redis-cluster://host:port` for Redis Cluster,
-    /// `redis-sentinel://sentinel:port?sentinelServiceName=mymaster` for Sentinel.
+    /// `redis-cluster://host:port` (`rediss-cluster://` with TLS) for Redis Cluster,
+    /// `redis-sentinel://sentinel:port?sentinelServiceName=mymaster` (`rediss-sentinel://`)
+    /// for Sentinel; `valkey://` and `valkeys://` work too.
     #[arg(long, env = ENV_REDIS_URL, hide_env_values = true)]
     pub redis_url: Option<String>,
 

@@ -1,6 +1,7 @@
 //! The node's registry of live sessions: by connection id, by uid (which is
 //! also the `user:<uid>` channel's subscriber list) and by group. Pure data:
-//! no I/O, no broker, no axum.
+//! no I/O, no broker; from axum only the `Utf8Bytes` frame type, so the
+//! encoded text is shared with the socket without a copy.
 //!
 //! Each index is split into [`SHARDS`] `parking_lot::RwLock<HashMap>`s so
 //! joins, leaves and broadcasts on different keys do not contend

@@ -237,7 +237,11 @@ impl Node {
                     ChannelKind::User(uid) => hub.broadcast_user(uid, &frame, p.ts),
                     ChannelKind::Group(group) => hub.broadcast_group(group, &frame, p.ts),
                     ChannelKind::All => hub.broadcast_all(&frame, p.ts),
-                    ChannelKind::Node(_) => return,
+                    ChannelKind::Node(_) => {
+                        // Node channels carry replies only.
+                        metrics::broker_dropped("misdirected", 1);
+                        return;
+                    }
                 };
                 metrics::broadcast(delivery.queued, delivery.slow, started.elapsed());
                 if delivery.slow > 0 {

@@ -12,8 +12,9 @@ use tokio_util::{
 
 #[derive(Debug, Clone, Default)]
 pub struct Shutdown {
-    /// Cancelled once, by `trigger`; readiness, accept loops and the node's
-    /// dispatcher watch it.
+    /// Cancelled once, by `trigger`; readiness, the accept loop, the
+    /// WebSocket handler and connections still authenticating watch it.
+    /// (The node's dispatcher runs on until the drain is over.)
     token: CancellationToken,
     /// Every client connection task; `wait` resolves when all ended.
     tracker: TaskTracker,
