@@ -117,6 +117,13 @@ async fn busy_node(redis: &RedisServer) -> FanoutProcess {
     node.api(Method::POST, "/api/users/kicked/disconnect", None)
         .await;
     k.expect_bye("kicked", 3503).await;
+    // The server counts the disconnect once the close handshake ends.
+    drop(k);
+    assert_eventually!(
+        node.metric("fanout_disconnects_total", "reason=\"kicked\"")
+            .await
+            >= 1.0
+    );
     // A slow consumer: a client with a tiny receive buffer that never reads.
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
@@ -144,9 +151,19 @@ async fn busy_node(redis: &RedisServer) -> FanoutProcess {
             > 0.0
     );
     assert_eventually!(
-        node.metric("fanout_broker_messages_dropped_total", "")
-            .await
+        node.metric(
+            "fanout_broker_messages_dropped_total",
+            "reason=\"invalid_json\""
+        )
+        .await
             >= 1.0
+            && node
+                .metric(
+                    "fanout_broker_messages_dropped_total",
+                    "reason=\"misdirected\""
+                )
+                .await
+                >= 1.0
     );
     // A client that leaves by itself.
     drop(b);
