@@ -435,6 +435,23 @@ async fn origin_allowlist_guards_the_websocket() {
         assert!(t.contains("welcome"), "{ok}");
     }
     server.client("no-origin").await;
+    // Same origin when the Host header spells out the default port.
+    let mut req = url.clone().into_client_request().unwrap();
+    req.headers_mut()
+        .insert("Host", HeaderValue::from_static("fanout.example.com:80"));
+    req.headers_mut().insert(
+        "Origin",
+        HeaderValue::from_static("http://fanout.example.com"),
+    );
+    tokio_tungstenite::connect_async(req).await.unwrap();
+    let mut req = url.clone().into_client_request().unwrap();
+    req.headers_mut()
+        .insert("Host", HeaderValue::from_static("fanout.example.com:8443"));
+    req.headers_mut().insert(
+        "Origin",
+        HeaderValue::from_static("https://fanout.example.com"),
+    );
+    assert_eq!(Client::refused(req).await.0, 403);
 
     let open = TestServer::with(|c| c.allowed_origins = vec!["*".into()]).await;
     let url = format!("{}?token={}", open.ws_url(), open.token("1"));

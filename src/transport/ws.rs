@@ -145,10 +145,22 @@ fn origin_allowed(state: &AppState, headers: &HeaderMap) -> bool {
         origin.split_once("://"),
         headers.get(header::HOST).and_then(|h| h.to_str().ok()),
     ) {
-        (Some((_, origin_host)), Some(host)) => origin_host.eq_ignore_ascii_case(host),
+        (Some((scheme, origin_host)), Some(host)) => without_default_port(scheme, origin_host)
+            .eq_ignore_ascii_case(without_default_port(scheme, host)),
         _ => false,
     };
     listed || same
+}
+
+/// `host:80` is `host` for http(s)/ws(s) origins (and `host:443` for the
+/// secure ones): some proxies and clients spell the default port out.
+fn without_default_port<'a>(scheme: &str, host: &'a str) -> &'a str {
+    let default = if scheme.eq_ignore_ascii_case("https") || scheme.eq_ignore_ascii_case("wss") {
+        ":443"
+    } else {
+        ":80"
+    };
+    host.strip_suffix(default).unwrap_or(host)
 }
 
 /// One connection, from upgrade to close.
