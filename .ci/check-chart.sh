@@ -416,13 +416,11 @@ def chart_errors(setname, objs):
             if ep.get("path") != "/metrics":
                 out.append("ServiceMonitor must scrape /metrics")
     if setname == "default":
-        # What the defaults promise (README): HA-friendly out of the box.
-        hpa = next(iter(by_kind.get("HorizontalPodAutoscaler", {}).values()), None)
-        if not hpa or (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) != (2, 10):
-            out.append("defaults: an HPA with minReplicas 2 and maxReplicas 10 is expected")
-        elif not any(m.get("type") == "Resource" and m["resource"]["name"] == "cpu"
-                     and m["resource"]["target"].get("averageUtilization") == 70 for m in hpa["spec"]["metrics"]):
-            out.append("defaults: the HPA must target 70% CPU")
+        # What the defaults promise (README): HA-friendly out of the box. No
+        # Redis by default, so exactly one pod and no HPA (pods could not
+        # share clients); value sets with a Redis get the HPA checked below.
+        if by_kind.get("HorizontalPodAutoscaler") or workloads[0]["spec"].get("replicas") != 1:
+            out.append("defaults (no Redis): exactly one replica and no HPA are expected")
         pdbs = list(by_kind.get("PodDisruptionBudget", {}).values())
         if len(pdbs) != 1 or pdbs[0]["spec"].get("maxUnavailable") != 1:
             out.append("defaults: a PDB with maxUnavailable 1 is expected")
@@ -440,6 +438,9 @@ def chart_errors(setname, objs):
         chart_meta = yaml.safe_load(open(os.path.join(chart, "Chart.yaml")))
         if c["image"] != f"fanout:{chart_meta['appVersion']}":
             out.append(f"defaults: image {c['image']!r} is not fanout:<appVersion>")
+    for hpa in by_kind.get("HorizontalPodAutoscaler", {}).values():
+        if hpa["spec"]["minReplicas"] < 2:
+            out.append(f"{setname}: the HPA must keep at least 2 pods")
     return out
 
 # ---- validate every render ------------------------------------------------------

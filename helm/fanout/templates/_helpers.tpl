@@ -144,6 +144,9 @@ REDIS_PASSWORD variable ($(VAR) expansion in env values).
 {{- define "fanout.validate" -}}
 {{- $r := .Values.redis }}
 {{- $s := .Values.secret }}
+{{- if and (not (include "fanout.hasRedis" .)) (not .Values.autoscaling.enabled) (gt (int .Values.replicaCount) 1) }}
+{{- fail "replicaCount > 1 needs a shared Redis (redis.url, redis.urlFromSecret, redis.sentinel.addresses or devRedis.enabled): without one each pod would reach only its own clients" }}
+{{- end }}
 {{- if .Values.devRedis.enabled }}
 {{- if or $r.url $r.urlFromSecret $r.cluster $r.sentinel.addresses $r.usePassword }}
 {{- fail "devRedis.enabled runs its own Redis: leave redis.url, redis.urlFromSecret, redis.usePassword, redis.cluster and redis.sentinel.addresses unset" }}
