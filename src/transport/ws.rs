@@ -432,10 +432,13 @@ impl Conn {
         tokio::pin!(timer);
         loop {
             let outcome = tokio::select! {
-                () = self.session.woken() => self.flush_queue(true).await,
-                msg = self.socket.recv() => self.on_message(msg).await,
+                // The handlers are boxed: an idle connection's future then
+                // holds only the three waits, not the largest handler's state
+                // (a write with its timeout, a join through the broker).
+                () = self.session.woken() => Box::pin(self.flush_queue(true)).await,
+                msg = self.socket.recv() => Box::pin(self.on_message(msg)).await,
                 () = &mut timer => {
-                    let step = self.on_timer(expiry).await;
+                    let step = Box::pin(self.on_timer(expiry)).await;
                     timer.as_mut().reset(self.next_wake(expiry));
                     step
                 }
