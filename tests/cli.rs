@@ -186,6 +186,20 @@ async fn dev_mode_banner_works_as_printed() {
     // The browser snippet's URL connects as the dev user.
     let mut c = Client::connect(&ws_url).await;
     assert_eq!(c.recv().await["uid"], "dev-user");
+    // Development mode lets any page connect, whatever its Origin.
+    {
+        use tokio_tungstenite::tungstenite::{client::IntoClientRequest, http::HeaderValue};
+        let mut req = ws_url.as_str().into_client_request().unwrap();
+        req.headers_mut().insert(
+            "Origin",
+            HeaderValue::from_static("https://any-site.example"),
+        );
+        let (mut other, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        use futures_util::StreamExt;
+        assert!(
+            matches!(other.next().await, Some(Ok(m)) if m.to_text().unwrap().contains("welcome"))
+        );
+    }
 
     // Run the printed curl command as printed (with its line continuations).
     let start = banner
