@@ -37,19 +37,6 @@ async fn marker(via: &FanoutProcess, uid: &str) -> String {
     body["id"].as_str().unwrap().to_owned()
 }
 
-/// What `c` reads before the message `id`: a duplicate or stray message
-/// would show up here.
-async fn read_until(c: &mut Client, id: &str) -> Vec<Value> {
-    let mut before = Vec::new();
-    loop {
-        let v = c.recv().await;
-        if v["id"] == id {
-            return before;
-        }
-        before.push(v);
-    }
-}
-
 /// Three nodes: messages published through node B's API and with a raw
 /// PUBLISH reach the user's connections on A and C exactly once; B, which
 /// holds no such user, is not subscribed and receives nothing.
@@ -92,7 +79,7 @@ async fn three_nodes_deliver_once_and_only_where_needed() {
     let end = marker(&b, "u1").await;
     for client in [&mut on_a, &mut on_c] {
         assert_eq!(
-            read_until(client, &end).await,
+            client.read_until(&end).await,
             Vec::<Value>::new(),
             "exactly once"
         );
@@ -134,7 +121,7 @@ async fn groups_broadcast_kick_and_server_join_across_nodes() {
     expect_message(&mut y_b, &gid).await;
     let end = marker(&a, "x").await;
     assert_eq!(
-        read_until(&mut x_b, &end).await,
+        x_b.read_until(&end).await,
         Vec::<Value>::new(),
         "x on b is not in the room"
     );

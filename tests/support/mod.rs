@@ -175,14 +175,7 @@ impl TestServer {
         path: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method, self.url(path))
-            .bearer_auth(API_KEY);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        read(req.send().await.unwrap()).await
+        api_call(&self.http, self.addr, method, path, body).await
     }
 
     pub async fn publish(&self, body: Value) -> (u16, Value) {
@@ -206,14 +199,7 @@ impl TestServer {
         let id = self
             .publish_ok(json!({"users": [uid]}), "marker", json!(null))
             .await;
-        let mut seen = Vec::new();
-        loop {
-            let v = client.recv().await;
-            if v["id"] == id {
-                return seen;
-            }
-            seen.push(v);
-        }
+        client.read_until(&id).await
     }
 
     pub async fn stats(&self) -> Value {
@@ -229,6 +215,23 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         self.shutdown.trigger();
     }
+}
+
+/// An API call with the test API key against the server at `addr`.
+pub async fn api_call(
+    http: &reqwest::Client,
+    addr: SocketAddr,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = http
+        .request(method, format!("http://{addr}{path}"))
+        .bearer_auth(API_KEY);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    read(req.send().await.unwrap()).await
 }
 
 pub async fn read(res: reqwest::Response) -> (u16, Value) {
@@ -343,6 +346,19 @@ impl Client {
                 Some(Err(e)) => panic!("read failed before close: {e}"),
                 None => panic!("stream ended without a close frame"),
             }
+        }
+    }
+
+    /// The frames read before the message with `id` (a duplicate or stray
+    /// message would show up here).
+    pub async fn read_until(&mut self, id: &str) -> Vec<Value> {
+        let mut before = Vec::new();
+        loop {
+            let v = self.recv().await;
+            if v["id"] == id {
+                return before;
+            }
+            before.push(v);
         }
     }
 

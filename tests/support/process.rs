@@ -13,7 +13,7 @@ use std::{
 
 use serde_json::{Value, json};
 
-use super::{API_KEY, API_KEY_2, Client, SECRET, read};
+use super::{API_KEY, API_KEY_2, Client, SECRET};
 
 pub struct FanoutProcess {
     child: Option<Child>,
@@ -151,14 +151,7 @@ impl FanoutProcess {
         path: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("http://{}{path}", self.addr))
-            .bearer_auth(API_KEY);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        read(req.send().await.unwrap()).await
+        super::api_call(&self.http, self.addr, method, path, body).await
     }
 
     pub async fn publish(&self, to: Value, data: Value) -> (u16, Value) {
