@@ -1,0 +1,223 @@
+//! Deployments the suites start for themselves: a redis-server on a free
+//! port, fanout nodes, Socket.IO nodes. Every process is killed on drop.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+
+/// The secret and API key every node the bench starts is configured with.
+pub(crate) const SECRET: &str = "fanout-bench-secret-0123456789abcdef";
+pub(crate) const API_KEY: &str = "fanout-bench-api-key";
+
+fn free_port() -> anyhow::Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// A child process killed (SIGKILL) and reaped on drop.
+#[derive(Debug)]
+pub(crate) struct Proc {
+    child: Child,
+    pub(crate) name: String,
+}
+
+impl Proc {
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn exited(&mut self) -> Option<String> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Some(format!("{} exited: {status}", self.name)),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.0 GET; the status code.
+fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    buf.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn wait_until(proc_: &mut Proc, what: &str, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Some(exit) = proc_.exited() {
+            bail!("{exit} before {what}");
+        }
+        if ready() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("{} was not {what} after 20 s", proc_.name)
+}
+
+#[derive(Debug)]
+pub(crate) struct Redis {
+    pub(crate) proc_: Proc,
+    pub(crate) url: String,
+}
+
+impl Redis {
+    pub(crate) fn start(bin: &Path) -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let child = Command::new(bin)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--maxclients", "10000"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {} (install redis-server)", bin.display()))?;
+        let mut proc_ = Proc {
+            child,
+            name: format!("redis-server :{port}"),
+        };
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_until(&mut proc_, "accepting connections", || {
+            let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+                return false;
+            };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+            let mut buf = [0u8; 16];
+            s.write_all(b"PING\r\n").is_ok()
+                && s.read(&mut buf)
+                    .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+        })?;
+        Ok(Self {
+            proc_,
+            url: format!("redis://127.0.0.1:{port}"),
+        })
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Node {
+    pub(crate) proc_: Proc,
+    pub(crate) addr: SocketAddr,
+}
+
+/// Starts `fanout serve` with the bench's secret and API key.
+pub(crate) fn fanout(bin: &Path, id: &str, redis: Option<&str>) -> anyhow::Result<Node> {
+    let (port, internal) = (free_port()?, free_port()?);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let internal = SocketAddr::from(([127, 0, 0, 1], internal));
+    let mut cmd = Command::new(bin);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("FANOUT_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.args(["serve", "--node-id", id])
+        .args(["--listen", &addr.to_string()])
+        .args(["--internal-addr", &internal.to_string()])
+        .env("FANOUT_JWT_SECRET", SECRET)
+        .env("FANOUT_API_KEYS", API_KEY)
+        .env("FANOUT_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    if let Some(url) = redis {
+        cmd.args(["--redis-url", url]);
+    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let mut proc_ = Proc {
+        child,
+        name: format!("fanout {id}"),
+    };
+    wait_until(&mut proc_, "ready", || {
+        http_status(internal, "/readyz") == Some(200)
+    })?;
+    Ok(Node { proc_, addr })
+}
+
+/// Starts `node server.js` from the Socket.IO peer directory.
+pub(crate) fn socketio(
+    node_bin: &Path,
+    dir: &Path,
+    id: &str,
+    redis: Option<&str>,
+) -> anyhow::Result<Node> {
+    if !dir.join("node_modules").is_dir() {
+        bail!(
+            "{}/node_modules is missing: run `npm ci --prefix {}` (make bench-compare does)",
+            dir.display(),
+            dir.display()
+        );
+    }
+    let mut cmd = Command::new(node_bin);
+    cmd.arg(dir.join("server.js"))
+        .args(["--host", "127.0.0.1", "--port", "0", "--node-id", id])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if let Some(url) = redis {
+        cmd.args(["--redis", url]);
+    }
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {} (install Node.js)", node_bin.display()))?;
+    let stdout = child.stdout.take().context("socket.io stdout")?;
+    let mut proc_ = Proc {
+        child,
+        name: format!("socket.io {id}"),
+    };
+    // The first line says where it listens; the rest is drained so the
+    // node never blocks on a full pipe.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(first)) = lines.next() {
+            let _ = tx.send(first);
+        }
+        for _ in lines {}
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .map_err(|_| anyhow::anyhow!("{} did not say where it listens", proc_.name))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&line).with_context(|| format!("socket.io node said {line:?}"))?;
+    let port = v["port"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .context("socket.io node did not report its port")?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_until(&mut proc_, "ready", || {
+        http_status(addr, "/healthz") == Some(200)
+    })?;
+    Ok(Node { proc_, addr })
+}
+
+/// Looks for an executable: an explicit path, next to this executable, or on PATH.
+pub(crate) fn find_bin(explicit: Option<&Path>, name: &str) -> PathBuf {
+    if let Some(p) = explicit {
+        return p.to_owned();
+    }
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        let sibling = dir.join(name);
+        if sibling.is_file() {
+            return sibling;
+        }
+    }
+    PathBuf::from(name)
+}

@@ -1,0 +1,370 @@
+//! `fanout-bench`: drives a fanout deployment (or the Socket.IO peer in
+//! `bench/peers/socketio/`) over real WebSocket connections and reports
+//! connections held, memory, CPU, fan-out throughput and latency.
+//!
+//! The coordinator (this process) publishes and measures; worker processes
+//! (`fanout-bench worker`, one per 15,000 connections unless told
+//! otherwise) hold the client connections, spread over loopback source
+//! addresses, and count every delivery. See docs/benchmarks.md.
+//!
+//! # Layout
+//! - `control`: the coordinator ↔ worker protocol (JSON lines).
+//! - `worker`, `client`, `recorder`: the worker process, one connection,
+//!   delivery accounting.
+//! - `pool`: the coordinator's handle on its workers.
+//! - `publish`: HTTP and Redis publishers and the rate driver.
+//! - `scenario`: idle, broadcast, steady, storm, publish-api.
+//! - `deploy`, `suite`: the default suite and the Socket.IO comparison,
+//!   which start their own Redis and nodes.
+//! - `procstat`, `report`: /proc readings; tables and JSON.
+
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+mod client;
+mod control;
+mod deploy;
+mod pool;
+mod procstat;
+mod publish;
+mod recorder;
+mod report;
+mod scenario;
+mod suite;
+mod worker;
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::{
+    control::Target,
+    report::{Outcome, table},
+    scenario::{BroadcastOpts, Env, SteadyOpts},
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fanout-bench",
+    version,
+    about = "Load and measure a fanout deployment"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Open connections, wait, report server RSS and CPU per connection.
+    Idle {
+        #[command(flatten)]
+        deployment: Deployment,
+        #[arg(long, default_value_t = 1000)]
+        connections: u64,
+        /// Time to let the node settle after the last connection.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        settle: Duration,
+        /// Idle time measured; make it longer than the heartbeat interval.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        window: Duration,
+    },
+    /// Publish messages to one group holding every connection (or to `all`).
+    Broadcast {
+        #[command(flatten)]
+        deployment: Deployment,
+        #[arg(long, default_value_t = 1000)]
+        connections: u64,
+        #[arg(long, default_value_t = 100)]
+        messages: u64,
+        /// Messages per second; 0 sends each as soon as the last publish returned.
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+        /// Padding bytes added to each payload.
+        #[arg(long, default_value_t = 40)]
+        pad: usize,
+        /// Publish to `all` instead of a group.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Publish at a fixed rate to random users and groups; account for every message.
+    Steady {
+        #[command(flatten)]
+        deployment: Deployment,
+        /// Users, one connection each.
+        #[arg(long, default_value_t = 1000)]
+        users: u64,
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Percentage of messages sent to a group instead of a user.
+        #[arg(long, default_value_t = 0)]
+        group_percent: u8,
+        #[arg(long, default_value_t = 100)]
+        group_size: u64,
+        #[arg(long, default_value_t = 40)]
+        pad: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Every client drops and reconnects at once; time until all receive again.
+    Storm {
+        #[command(flatten)]
+        deployment: Deployment,
+        #[arg(long, default_value_t = 1000)]
+        connections: u64,
+        /// Time the clients stay away (past the node's unsubscribe linger,
+        /// 1 s by default, every channel is unsubscribed and subscribed again).
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        down: Duration,
+    },
+    /// Publish API requests per second and their latency.
+    PublishApi {
+        #[command(flatten)]
+        deployment: Deployment,
+        /// Connected users the requests publish to.
+        #[arg(long, default_value_t = 1000)]
+        users: u64,
+        #[arg(long, default_value_t = 32)]
+        in_flight: usize,
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
+    /// The default suite (`make bench`): starts Redis and fanout nodes itself.
+    Suite(suite::SuiteArgs),
+    /// fanout and Socket.IO side by side on one Redis (`make bench-compare`).
+    Compare(suite::SuiteArgs),
+    /// Internal: a worker process holding client connections.
+    #[command(hide = true)]
+    Worker,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Via {
+    Api,
+    Redis,
+}
+
+/// Where the deployment is and how to load it.
+#[derive(Debug, Args)]
+struct Deployment {
+    /// Server to speak to.
+    #[arg(long, value_enum, default_value = "fanout")]
+    target: Target,
+    /// A node's client/API address (repeat for several nodes).
+    #[arg(long = "node", default_value = "127.0.0.1:8080")]
+    nodes: Vec<SocketAddr>,
+    /// A node's pid, to read its RSS and CPU from /proc (repeat).
+    #[arg(long = "pid")]
+    pids: Vec<u32>,
+    /// HS256 secret to mint client tokens with (fanout).
+    #[arg(
+        long,
+        env = "FANOUT_JWT_SECRET",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    jwt_secret: String,
+    /// An API key for POST /api/publish (fanout).
+    #[arg(
+        long,
+        env = "FANOUT_API_KEY",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    api_key: String,
+    /// Redis URL: for `--via redis` and for counting Redis commands in `storm`.
+    #[arg(long)]
+    redis: Option<String>,
+    /// redis-server's pid, to report its CPU.
+    #[arg(long)]
+    redis_pid: Option<u32>,
+    /// The nodes' Redis channel prefix.
+    #[arg(long, default_value = "fanout")]
+    prefix: String,
+    /// How the bench publishes: the HTTP API, or PUBLISH straight to Redis.
+    #[arg(long, value_enum, default_value = "api")]
+    via: Via,
+    #[command(flatten)]
+    load: LoadArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// How the load generator spreads its connections.
+#[derive(Debug, Clone, Copy, Args)]
+pub(crate) struct LoadArgs {
+    /// Worker processes holding the connections (0: one per 15,000).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) workers: usize,
+    /// Loopback source addresses to connect from: 127.0.0.2 … 127.0.0.(1+N).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=250))]
+    pub(crate) sources: u8,
+    /// Connections being opened at once (the storm reconnects all at once).
+    #[arg(long, default_value_t = 256)]
+    pub(crate) connect_concurrency: usize,
+    /// Stop waiting for deliveries after this long without one.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub(crate) quiet: Duration,
+}
+
+impl Deployment {
+    fn env(&self) -> anyhow::Result<Env> {
+        if self.target == Target::Fanout && self.jwt_secret.is_empty() {
+            anyhow::bail!(
+                "--jwt-secret (or FANOUT_JWT_SECRET) is required to connect to fanout; \
+                 `make run` prints the one it generated"
+            );
+        }
+        if self.target == Target::Fanout && self.api_key.is_empty() {
+            anyhow::bail!("--api-key (or FANOUT_API_KEY) is required to publish to fanout");
+        }
+        if self.via == Via::Redis && self.redis.is_none() {
+            anyhow::bail!("--via redis needs --redis <url>");
+        }
+        Ok(Env {
+            target: self.target,
+            nodes: self.nodes.clone(),
+            pids: self.pids.clone(),
+            redis_pid: self.redis_pid,
+            secret: self.jwt_secret.clone(),
+            api_key: self.api_key.clone(),
+            redis: self.redis.clone(),
+            prefix: self.prefix.clone(),
+            via_redis: self.via == Via::Redis,
+            workers: self.load.workers,
+            sources: self.load.sources,
+            connect_concurrency: self.load.connect_concurrency,
+            quiet: self.load.quiet,
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 64 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    // Hold as many sockets as the machine allows this process.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fanout-bench: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("fanout-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
+    let (deployment, outcome) = match cmd {
+        Cmd::Worker => {
+            worker::run().await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Cmd::Suite(args) => return suite::suite(&args).await,
+        Cmd::Compare(args) => return suite::compare(&args).await,
+        Cmd::Idle {
+            deployment,
+            connections,
+            settle,
+            window,
+        } => {
+            let env = deployment.env()?;
+            let out = scenario::idle(&env, connections, settle, window).await?;
+            (deployment, out)
+        }
+        Cmd::Broadcast {
+            deployment,
+            connections,
+            messages,
+            rate,
+            pad,
+            all,
+        } => {
+            let env = deployment.env()?;
+            let opts = BroadcastOpts {
+                connections,
+                messages,
+                rate,
+                pad,
+                to_all: all,
+            };
+            (deployment, scenario::broadcast(&env, opts).await?)
+        }
+        Cmd::Steady {
+            deployment,
+            users,
+            rate,
+            duration,
+            group_percent,
+            group_size,
+            pad,
+            seed,
+        } => {
+            let env = deployment.env()?;
+            let opts = SteadyOpts {
+                users,
+                rate,
+                duration,
+                group_percent: group_percent.min(100),
+                group_size,
+                pad,
+                seed,
+            };
+            (deployment, scenario::steady(&env, opts).await?)
+        }
+        Cmd::Storm {
+            deployment,
+            connections,
+            down,
+        } => {
+            let env = deployment.env()?;
+            (deployment, scenario::storm(&env, connections, down).await?)
+        }
+        Cmd::PublishApi {
+            deployment,
+            users,
+            in_flight,
+            duration,
+        } => {
+            let env = deployment.env()?;
+            let out = scenario::publish_api(&env, users.max(1), in_flight, duration).await?;
+            (deployment, out)
+        }
+    };
+    print(&[outcome], deployment.json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn print(outcomes: &[Outcome], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(outcomes)?);
+    } else {
+        print!("{}", table(outcomes));
+    }
+    Ok(())
+}
+
+/// Paths the suites need.
+pub(crate) fn default_socketio_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/peers/socketio")
+}

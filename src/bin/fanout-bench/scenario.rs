@@ -1,0 +1,625 @@
+//! The five scenarios. Each opens its clients in worker processes, measures,
+//! closes them, and returns an `Outcome`.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use fred::prelude::{Client, ClientLike};
+use hdrhistogram::Histogram;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
+use crate::{
+    control::{ConnectPlan, PhaseReport, Target},
+    pool::Pool,
+    procstat::{CpuMeter, total_rss},
+    publish::{Dest, Drive, Publisher, Sent, drive},
+    recorder::{latency_hist, pairs_into_hist, unix_us},
+    report::{Accounting, Outcome},
+};
+
+/// Connections one worker process holds at most by default (the machine
+/// caps each process at 20,000 open files).
+const PER_WORKER: u64 = 15_000;
+
+/// The deployment under test and how to load it.
+#[derive(Debug, Clone)]
+pub(crate) struct Env {
+    pub(crate) target: Target,
+    /// Client (and HTTP API) addresses of the nodes.
+    pub(crate) nodes: Vec<SocketAddr>,
+    /// Node pids, for RSS and CPU (empty: not measured).
+    pub(crate) pids: Vec<u32>,
+    pub(crate) redis_pid: Option<u32>,
+    pub(crate) secret: String,
+    pub(crate) api_key: String,
+    /// Redis URL for publishing straight to Redis and counting commands.
+    pub(crate) redis: Option<String>,
+    pub(crate) prefix: String,
+    /// Publish through Redis instead of the HTTP API (fanout only).
+    pub(crate) via_redis: bool,
+    /// Worker processes (0: one per 15,000 connections).
+    pub(crate) workers: usize,
+    /// Loopback source addresses 127.0.0.2 … 127.0.0.(1+sources).
+    pub(crate) sources: u8,
+    pub(crate) connect_concurrency: usize,
+    /// Seconds to wait for the last deliveries once nothing new arrives.
+    pub(crate) quiet: Duration,
+}
+
+impl Env {
+    fn plan(&self, count: u64, group_size: u64) -> ConnectPlan {
+        let scheme_urls = self.nodes.iter().map(|a| format!("ws://{a}")).collect();
+        ConnectPlan {
+            target: self.target,
+            urls: scheme_urls,
+            sources: (0..self.sources.max(1))
+                .map(|i| format!("127.0.0.{}", 2 + u16::from(i)))
+                .collect(),
+            first: 0,
+            count,
+            group_size,
+            secret: self.secret.clone(),
+            concurrency: self.connect_concurrency,
+            connect_timeout_ms: 30_000,
+        }
+    }
+
+    async fn publisher(&self, allow_redis: bool) -> anyhow::Result<Arc<Publisher>> {
+        if allow_redis && self.via_redis && self.target == Target::Fanout {
+            let url = self.redis.as_deref().context("--via redis needs --redis")?;
+            return Ok(Arc::new(Publisher::redis(url, &self.prefix).await?));
+        }
+        Ok(Arc::new(Publisher::http(
+            self.target,
+            &self.nodes,
+            &self.api_key,
+        )))
+    }
+
+    fn redis_pids(&self) -> Vec<u32> {
+        self.redis_pid.into_iter().collect()
+    }
+
+    fn nodes_desc(&self) -> String {
+        let n = self.nodes.len();
+        let broker = if self.redis.is_some() {
+            "Redis"
+        } else {
+            "memory broker"
+        };
+        format!("{n} node{}, {broker}", if n == 1 { "" } else { "s" })
+    }
+}
+
+/// Clients connected in worker processes, and the meter of everything.
+struct Load {
+    pool: Pool,
+    loadgen: Vec<u32>,
+}
+
+async fn connect(env: &Env, count: u64, group_size: u64) -> anyhow::Result<Load> {
+    let workers = if env.workers == 0 {
+        count.div_ceil(PER_WORKER).max(1) as usize
+    } else {
+        env.workers
+    };
+    let mut pool = Pool::spawn(workers)?;
+    let outcome = pool.connect(&env.plan(count, group_size)).await?;
+    if outcome.failed > 0 {
+        let _ = pool.close().await;
+        bail!(
+            "{} of {count} connections failed, e.g. {}",
+            outcome.failed,
+            outcome.errors.join("; ")
+        );
+    }
+    let mut loadgen = pool.pids();
+    loadgen.push(std::process::id());
+    Ok(Load { pool, loadgen })
+}
+
+impl Load {
+    fn meter(&self, env: &Env) -> CpuMeter {
+        CpuMeter::start(vec![
+            env.pids.clone(),
+            self.loadgen.clone(),
+            env.redis_pids(),
+        ])
+    }
+
+    /// Waits until `expected` deliveries arrived or none arrived for
+    /// `env.quiet`, then collects the workers' reports.
+    async fn settle(&mut self, env: &Env, expected: u64) -> anyhow::Result<Vec<PhaseReport>> {
+        let mut last = (0, Instant::now());
+        loop {
+            let got = self.pool.progress().await?;
+            if got >= expected {
+                break;
+            }
+            if got != last.0 {
+                last = (got, Instant::now());
+            } else if last.1.elapsed() >= env.quiet {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.pool.reports().await
+    }
+}
+
+fn resources(out: &mut Outcome, env: &Env, meter: &CpuMeter) {
+    let (cpu, wall) = meter.read();
+    out.resources.wall_s = wall;
+    out.resources.server_cpu_s = cpu[0];
+    out.resources.loadgen_cpu_s = cpu[1];
+    out.resources.redis_cpu_s = env.redis_pid.map(|_| cpu[2]);
+}
+
+/// Per-message delivery counts and slowest delivery, merged over workers.
+struct Merged {
+    counts: Vec<u64>,
+    max_latency: Vec<u64>,
+    latency: Histogram<u64>,
+    stray: u64,
+    closed: BTreeMap<u16, u64>,
+}
+
+fn merge(reports: &[PhaseReport], len: usize) -> Merged {
+    let mut m = Merged {
+        counts: vec![0; len],
+        max_latency: vec![0; len],
+        latency: latency_hist(),
+        stray: 0,
+        closed: BTreeMap::new(),
+    };
+    for r in reports {
+        for &(offset, n, lat) in &r.per_seq {
+            if let Some(i) = usize::try_from(offset).ok().filter(|&i| i < len) {
+                m.counts[i] += u64::from(n);
+                m.max_latency[i] = m.max_latency[i].max(u64::from(lat));
+            }
+        }
+        pairs_into_hist(&mut m.latency, &r.latency);
+        m.stray += r.stray;
+        for (code, n) in &r.closed_by_code {
+            *m.closed.entry(*code).or_default() += n;
+        }
+    }
+    m
+}
+
+/// Accounts for every message and adds throughput and latency metrics.
+/// Returns the unix µs of the last delivery.
+fn account(
+    out: &mut Outcome,
+    sent: &Sent,
+    merged: &Merged,
+    expected_of: impl Fn(Dest) -> u64,
+) -> u64 {
+    let mut acc = Accounting {
+        sent: sent.sent,
+        publish_failed: sent.failed,
+        stray: merged.stray,
+        ..Accounting::default()
+    };
+    let (mut first, mut last) = (u64::MAX, 0);
+    let mut completion = latency_hist();
+    for (i, (&t, &dest)) in sent.send_times.iter().zip(&sent.dests).enumerate() {
+        if t == 0 {
+            continue; // failed publish
+        }
+        let expected = expected_of(dest);
+        let got = merged.counts.get(i).copied().unwrap_or(0);
+        acc.expected += expected;
+        acc.delivered += got.min(expected);
+        acc.missing += expected.saturating_sub(got);
+        acc.duplicated += got.saturating_sub(expected);
+        first = first.min(t);
+        if got > 0 {
+            let lat = merged.max_latency[i];
+            last = last.max(t + lat);
+            let _ = completion.record(lat.max(1));
+        }
+    }
+    if last > first {
+        let span = (last - first) as f64 / 1e6;
+        out.metric("deliveries/s", acc.delivered as f64 / span, "/s");
+    }
+    out.percentiles("latency", &merged.latency, &[0.5, 0.99, 0.999]);
+    if !completion.is_empty() && sent.dests.iter().any(|d| !matches!(d, Dest::User(_))) {
+        out.percentiles("last delivery", &completion, &[0.5, 0.99]);
+    }
+    out.closed_by_server = merged.closed.clone();
+    out.errors.extend(sent.errors.iter().cloned());
+    out.accounting = Some(acc);
+    last
+}
+
+// ---------------------------------------------------------------- idle
+
+pub(crate) async fn idle(
+    env: &Env,
+    count: u64,
+    settle: Duration,
+    window: Duration,
+) -> anyhow::Result<Outcome> {
+    let mut out = Outcome::new(
+        "idle",
+        env.target.name(),
+        format!(
+            "{count} connections, {}, {}s idle window",
+            env.nodes_desc(),
+            window.as_secs()
+        ),
+    );
+    let baseline = total_rss(&env.pids);
+    let started = Instant::now();
+    let mut load = connect(env, count, 0).await?;
+    out.metric("connect time", started.elapsed().as_secs_f64(), "s");
+    tokio::time::sleep(settle).await;
+    load.pool.phase(0, 0).await?;
+    let meter = load.meter(env);
+    tokio::time::sleep(window).await;
+    resources(&mut out, env, &meter);
+    if !env.pids.is_empty() {
+        let rss = total_rss(&env.pids);
+        out.metric(
+            "server RSS per connection",
+            rss.saturating_sub(baseline) as f64 / count as f64 / 1024.0,
+            "KiB",
+        );
+        out.metric("server RSS", rss as f64 / (1 << 20) as f64, "MiB");
+        out.metric(
+            "server CPU per connection",
+            out.resources.server_cpu_s / out.resources.wall_s / count as f64 * 1e6,
+            "µs/s",
+        );
+    }
+    let reports = load.pool.reports().await?;
+    let merged = merge(&reports, 0);
+    out.closed_by_server = merged.closed;
+    out.metric(
+        "open at end",
+        reports.iter().map(|r| r.open).sum::<u64>() as f64,
+        "",
+    );
+    load.pool.close().await?;
+    Ok(out)
+}
+
+// ----------------------------------------------------------- broadcast
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BroadcastOpts {
+    pub(crate) connections: u64,
+    pub(crate) messages: u64,
+    /// Messages per second; 0 publishes the next as soon as the last
+    /// publish request returned.
+    pub(crate) rate: f64,
+    pub(crate) pad: usize,
+    /// Publish to `all` instead of one group holding every connection.
+    pub(crate) to_all: bool,
+}
+
+pub(crate) async fn broadcast(env: &Env, o: BroadcastOpts) -> anyhow::Result<Outcome> {
+    let k = o.connections;
+    let pace = if o.rate > 0.0 {
+        format!("{} msg/s", o.rate)
+    } else {
+        "back to back".into()
+    };
+    let mut out = Outcome::new(
+        "broadcast",
+        env.target.name(),
+        format!(
+            "{k} connections in {}, {} messages {pace}, {}",
+            if o.to_all { "`all`" } else { "one group" },
+            o.messages,
+            env.nodes_desc()
+        ),
+    );
+    let mut load = connect(env, k, if o.to_all { 0 } else { k }).await?;
+    let publisher = env.publisher(true).await?;
+    out.setup.push_str(&format!(", via {}", publisher.via()));
+    load.pool.phase(0, o.messages).await?;
+    let meter = load.meter(env);
+    let plan = Drive {
+        base_seq: 0,
+        count: o.messages,
+        rate: o.rate,
+        duration: None,
+        in_flight: if o.rate > 0.0 { 16 } else { 1 },
+        pad: o.pad,
+    };
+    let dest = if o.to_all { Dest::All } else { Dest::Group(0) };
+    let sent = drive(publisher, plan, |_| dest).await;
+    let reports = load.settle(env, sent.sent * k).await?;
+    resources(&mut out, env, &meter);
+    let merged = merge(&reports, o.messages as usize);
+    account(&mut out, &sent, &merged, |_| k);
+    load.pool.close().await?;
+    Ok(out)
+}
+
+// -------------------------------------------------------------- steady
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SteadyOpts {
+    pub(crate) users: u64,
+    pub(crate) rate: f64,
+    pub(crate) duration: Duration,
+    /// Percentage of messages that go to a group instead of a user.
+    pub(crate) group_percent: u8,
+    pub(crate) group_size: u64,
+    pub(crate) pad: usize,
+    pub(crate) seed: u64,
+}
+
+pub(crate) async fn steady(env: &Env, o: SteadyOpts) -> anyhow::Result<Outcome> {
+    let k = o.users;
+    let group_size = if o.group_percent > 0 {
+        o.group_size.max(1)
+    } else {
+        0
+    };
+    let groups = if group_size > 0 {
+        k.div_ceil(group_size)
+    } else {
+        0
+    };
+    let mut out = Outcome::new(
+        "steady",
+        env.target.name(),
+        format!(
+            "{k} users, {} msg/s for {}s, {}% to groups of {}, {}",
+            o.rate,
+            o.duration.as_secs(),
+            o.group_percent,
+            o.group_size,
+            env.nodes_desc()
+        ),
+    );
+    let mut load = connect(env, k, group_size).await?;
+    let publisher = env.publisher(true).await?;
+    out.setup.push_str(&format!(", via {}", publisher.via()));
+    let len = (o.rate * o.duration.as_secs_f64()).ceil() as u64 + 1;
+    load.pool.phase(0, len).await?;
+    let mut rng = StdRng::seed_from_u64(o.seed);
+    let dests: Vec<Dest> = (0..len)
+        .map(|_| {
+            if groups > 0 && rng.random_range(0..100) < o.group_percent {
+                Dest::Group(rng.random_range(0..groups))
+            } else {
+                Dest::User(rng.random_range(0..k))
+            }
+        })
+        .collect();
+    let meter = load.meter(env);
+    let plan = Drive {
+        base_seq: 0,
+        count: len,
+        rate: o.rate,
+        duration: Some(o.duration),
+        in_flight: 512,
+        pad: o.pad,
+    };
+    let sent = drive(publisher, plan, |i| dests[i as usize]).await;
+    let members = |g: u64| group_size.min(k.saturating_sub(g * group_size));
+    let expected_total: u64 = sent
+        .send_times
+        .iter()
+        .zip(&sent.dests)
+        .filter(|(t, _)| **t > 0)
+        .map(|(_, d)| match *d {
+            Dest::User(_) => 1,
+            Dest::Group(g) => members(g),
+            Dest::All => k,
+        })
+        .sum();
+    let reports = load.settle(env, expected_total).await?;
+    resources(&mut out, env, &meter);
+    out.metric(
+        "messages/s",
+        sent.sent as f64 / sent.elapsed.as_secs_f64(),
+        "/s",
+    );
+    let merged = merge(&reports, len as usize);
+    account(&mut out, &sent, &merged, |d| match d {
+        Dest::User(_) => 1,
+        Dest::Group(g) => members(g),
+        Dest::All => k,
+    });
+    load.pool.close().await?;
+    Ok(out)
+}
+
+// --------------------------------------------------------------- storm
+
+/// Redis commands by name (`INFO commandstats`).
+async fn command_counts(url: &str) -> anyhow::Result<BTreeMap<String, u64>> {
+    let config = fred::types::config::Config::from_url(url)?;
+    let client: Client = fred::types::Builder::from_config(config).build()?;
+    client.init().await?;
+    let info: String = client
+        .custom(
+            fred::types::CustomCommand::new_static("INFO", fred::types::ClusterHash::Random, false),
+            vec!["commandstats"],
+        )
+        .await?;
+    let _ = client.quit().await;
+    let mut counts = BTreeMap::new();
+    for line in info.lines() {
+        let Some((name, rest)) = line
+            .strip_prefix("cmdstat_")
+            .and_then(|l| l.split_once(':'))
+        else {
+            continue;
+        };
+        if let Some(calls) = rest
+            .split(',')
+            .find_map(|kv| kv.strip_prefix("calls="))
+            .and_then(|c| c.parse().ok())
+        {
+            counts.insert(name.to_owned(), calls);
+        }
+    }
+    Ok(counts)
+}
+
+fn diff(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>, names: &[&str]) -> u64 {
+    names
+        .iter()
+        .map(|n| {
+            after
+                .get(*n)
+                .copied()
+                .unwrap_or(0)
+                .saturating_sub(before.get(*n).copied().unwrap_or(0))
+        })
+        .sum()
+}
+
+pub(crate) async fn storm(env: &Env, count: u64, down: Duration) -> anyhow::Result<Outcome> {
+    let mut out = Outcome::new(
+        "storm",
+        env.target.name(),
+        format!(
+            "{count} clients drop and reconnect at once ({} ms down), {}",
+            down.as_millis(),
+            env.nodes_desc()
+        ),
+    );
+    let mut load = connect(env, count, 0).await?;
+    let publisher = env.publisher(true).await?;
+    let before = match &env.redis {
+        Some(url) => Some(command_counts(url).await?),
+        None => None,
+    };
+    let meter = load.meter(env);
+    let t0 = unix_us();
+    let back = load.pool.storm(down.as_millis() as u64).await?;
+    if back.failed > 0 {
+        out.errors.push(format!(
+            "{} reconnects failed, e.g. {}",
+            back.failed,
+            back.errors.join("; ")
+        ));
+    }
+    out.metric(
+        "all reconnected",
+        back.elapsed_ms.saturating_sub(down.as_millis() as u64) as f64,
+        "ms",
+    );
+    // Then one message to every user: the storm is over when all arrived.
+    load.pool.phase(0, count).await?;
+    let plan = Drive {
+        base_seq: 0,
+        count,
+        rate: 0.0,
+        duration: None,
+        in_flight: 256,
+        pad: 0,
+    };
+    let sent = drive(publisher.clone(), plan, Dest::User).await;
+    let reports = load.settle(env, sent.sent).await?;
+    resources(&mut out, env, &meter);
+    let merged = merge(&reports, count as usize);
+    let last = account(&mut out, &sent, &merged, |_| 1);
+    out.metrics.retain(|m| m.name != "deliveries/s");
+    let reconnect_start = t0 + down.as_micros() as u64;
+    out.metric(
+        "all receiving again",
+        last.saturating_sub(reconnect_start) as f64 / 1000.0,
+        "ms",
+    );
+    if let (Some(url), Some(before)) = (&env.redis, before) {
+        let after = command_counts(url).await?;
+        out.metric(
+            "SUBSCRIBE commands",
+            diff(&after, &before, &["subscribe", "ssubscribe", "psubscribe"]) as f64,
+            "",
+        );
+        out.metric(
+            "UNSUBSCRIBE commands",
+            diff(
+                &after,
+                &before,
+                &["unsubscribe", "sunsubscribe", "punsubscribe"],
+            ) as f64,
+            "",
+        );
+        // Every other command, less the bench's own publishes and INFO.
+        let total: u64 = diff(
+            &after,
+            &before,
+            &after.keys().map(String::as_str).collect::<Vec<_>>(),
+        );
+        let bench_own = if matches!(*publisher, Publisher::Redis { .. }) {
+            sent.sent + sent.failed
+        } else {
+            0
+        };
+        out.metric(
+            "all Redis commands",
+            total.saturating_sub(bench_own + 1) as f64,
+            "",
+        );
+    }
+    load.pool.close().await?;
+    Ok(out)
+}
+
+// --------------------------------------------------------- publish-api
+
+pub(crate) async fn publish_api(
+    env: &Env,
+    users: u64,
+    in_flight: usize,
+    duration: Duration,
+) -> anyhow::Result<Outcome> {
+    let mut out = Outcome::new(
+        "publish-api",
+        env.target.name(),
+        format!(
+            "{in_flight} requests in flight for {}s, each to one of {users} connected users, {}",
+            duration.as_secs(),
+            env.nodes_desc()
+        ),
+    );
+    let mut load = connect(env, users, 0).await?;
+    let publisher = env.publisher(false).await?;
+    let cap = 2_000_000;
+    load.pool.phase(0, cap).await?;
+    let meter = load.meter(env);
+    let plan = Drive {
+        base_seq: 0,
+        count: cap,
+        rate: 0.0,
+        duration: Some(duration),
+        in_flight,
+        pad: 0,
+    };
+    let sent = drive(publisher, plan, |i| {
+        Dest::User(i.wrapping_mul(7919) % users)
+    })
+    .await;
+    let reports = load.settle(env, sent.sent).await?;
+    resources(&mut out, env, &meter);
+    out.metric(
+        "requests/s",
+        sent.sent as f64 / sent.elapsed.as_secs_f64(),
+        "/s",
+    );
+    out.percentiles("request", &sent.request_latency, &[0.5, 0.99, 0.999]);
+    let merged = merge(&reports, sent.send_times.len());
+    account(&mut out, &sent, &merged, |_| 1);
+    out.metrics
+        .retain(|m| m.name != "deliveries/s" && !m.name.starts_with("latency"));
+    load.pool.close().await?;
+    Ok(out)
+}

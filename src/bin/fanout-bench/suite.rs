@@ -1,0 +1,549 @@
+//! `fanout-bench suite` (`make bench`) and `fanout-bench compare`
+//! (`make bench-compare`): start a Redis and the nodes each scenario needs,
+//! run the scenarios sized for a 2-core machine, print one table.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::Args;
+use serde::Serialize;
+
+use crate::{
+    LoadArgs,
+    control::Target,
+    deploy::{self, API_KEY, Node, Redis, SECRET, find_bin},
+    report::{Goal, Outcome, fmt_num},
+    scenario::{self, BroadcastOpts, Env, SteadyOpts},
+};
+
+#[derive(Debug, Args)]
+pub(crate) struct SuiteArgs {
+    /// Small sizes and short windows: proves every scenario works (CI's smoke run).
+    #[arg(long)]
+    quick: bool,
+    /// Run only these scenarios (comma-separated names from the table's
+    /// first column, e.g. `broadcast,storm`; suite also knows
+    /// `broadcast-paced` and `broadcast-redis`).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// The fanout binary (default: next to fanout-bench, else on PATH).
+    #[arg(long)]
+    fanout_bin: Option<PathBuf>,
+    /// The redis-server binary.
+    #[arg(long, env = "REDIS_SERVER_BIN")]
+    redis_server_bin: Option<PathBuf>,
+    /// The Node.js binary for the Socket.IO peer.
+    #[arg(long, default_value = "node")]
+    node_bin: PathBuf,
+    /// The Socket.IO peer's directory (default: bench/peers/socketio of this source tree).
+    #[arg(long)]
+    socketio_dir: Option<PathBuf>,
+    #[command(flatten)]
+    load: LoadArgs,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A deployment started for one or more scenarios; dropped, it stops.
+struct Deployed {
+    _redis: Option<Redis>,
+    _nodes: Vec<Node>,
+    env: Env,
+}
+
+impl SuiteArgs {
+    fn wants(&self, name: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| o == name)
+    }
+
+    fn env(&self, target: Target, nodes: &[Node], redis: Option<&Redis>) -> Env {
+        Env {
+            target,
+            nodes: nodes.iter().map(|n| n.addr).collect(),
+            pids: nodes.iter().map(|n| n.proc_.pid()).collect(),
+            redis_pid: redis.map(|r| r.proc_.pid()),
+            secret: SECRET.into(),
+            api_key: API_KEY.into(),
+            redis: redis.map(|r| r.url.clone()),
+            prefix: "fanout".into(),
+            via_redis: false,
+            workers: self.load.workers,
+            sources: self.load.sources,
+            connect_concurrency: self.load.connect_concurrency,
+            quiet: self.load.quiet,
+        }
+    }
+
+    fn redis(&self) -> anyhow::Result<Redis> {
+        Redis::start(&find_bin(self.redis_server_bin.as_deref(), "redis-server"))
+    }
+
+    /// `n` fanout nodes, on Redis or (one node) the memory broker.
+    fn fanout(&self, n: usize, with_redis: bool) -> anyhow::Result<Deployed> {
+        let redis = if with_redis {
+            Some(self.redis()?)
+        } else {
+            None
+        };
+        let bin = find_bin(self.fanout_bin.as_deref(), "fanout");
+        let nodes = (1..=n)
+            .map(|i| {
+                deploy::fanout(
+                    &bin,
+                    &format!("bench{i}"),
+                    redis.as_ref().map(|r| r.url.as_str()),
+                )
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let env = self.env(Target::Fanout, &nodes, redis.as_ref());
+        Ok(Deployed {
+            _redis: redis,
+            _nodes: nodes,
+            env,
+        })
+    }
+}
+
+/// Sizes of one run of the suite.
+struct Sizes {
+    idle: u64,
+    settle: Duration,
+    window: Duration,
+    broadcast: u64,
+    burst: u64,
+    paced_rate: f64,
+    paced: u64,
+    redis_per_node: u64,
+    redis_burst: u64,
+    steady_users: u64,
+    steady_rate: f64,
+    steady_for: Duration,
+    storm: u64,
+    storm_down: Duration,
+    api_users: u64,
+    api_in_flight: usize,
+    api_for: Duration,
+}
+
+impl Sizes {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Self {
+                idle: 200,
+                settle: Duration::from_millis(500),
+                window: Duration::from_secs(1),
+                broadcast: 200,
+                burst: 20,
+                paced_rate: 20.0,
+                paced: 10,
+                redis_per_node: 100,
+                redis_burst: 20,
+                steady_users: 300,
+                steady_rate: 300.0,
+                steady_for: Duration::from_secs(2),
+                storm: 300,
+                storm_down: Duration::from_millis(1500),
+                api_users: 100,
+                api_in_flight: 8,
+                api_for: Duration::from_secs(2),
+            }
+        } else {
+            Self {
+                idle: 15_000,
+                settle: Duration::from_secs(5),
+                window: Duration::from_secs(30),
+                broadcast: 10_000,
+                burst: 300,
+                paced_rate: 25.0,
+                paced: 200,
+                redis_per_node: 5_000,
+                redis_burst: 200,
+                steady_users: 15_000,
+                steady_rate: 30_000.0,
+                steady_for: Duration::from_secs(10),
+                storm: 15_000,
+                storm_down: Duration::from_secs(2),
+                api_users: 1_000,
+                api_in_flight: 32,
+                api_for: Duration::from_secs(10),
+            }
+        }
+    }
+}
+
+fn progress(step: &str) {
+    eprintln!("fanout-bench: {step} …");
+}
+
+/// Runs one scenario; a failure becomes an outcome holding the error.
+async fn attempt(
+    scenario: &'static str,
+    target: Target,
+    run: impl Future<Output = anyhow::Result<Outcome>>,
+) -> Outcome {
+    match run.await {
+        Ok(o) => o,
+        Err(e) => {
+            let mut o = Outcome::new(scenario, target.name(), "failed".into());
+            o.errors.push(format!("{e:#}"));
+            o
+        }
+    }
+}
+
+fn failed(outcomes: &[Outcome]) -> bool {
+    outcomes.iter().any(|o| {
+        !o.errors.is_empty()
+            || o.accounting
+                .as_ref()
+                .is_some_and(|a| a.missing > 0 || a.duplicated > 0)
+    })
+}
+
+pub(crate) async fn suite(args: &SuiteArgs) -> anyhow::Result<ExitCode> {
+    let s = Sizes::new(args.quick);
+    let goals = !args.quick;
+    let mut out = Vec::new();
+
+    if args.wants("idle") {
+        progress("idle");
+        let d = args.fanout(1, false)?;
+        let mut o = attempt(
+            "idle",
+            Target::Fanout,
+            scenario::idle(&d.env, s.idle, s.settle, s.window),
+        )
+        .await;
+        if goals {
+            o.goal("server RSS per connection", Goal::AtMost(5.0));
+            o.goal("server CPU per connection", Goal::AtMost(2.0));
+        }
+        out.push(o);
+    }
+    if args.wants("broadcast") {
+        progress("broadcast, back to back");
+        let d = args.fanout(1, false)?;
+        let opts = BroadcastOpts {
+            connections: s.broadcast,
+            messages: s.burst,
+            rate: 0.0,
+            pad: 40,
+            to_all: false,
+        };
+        let mut o = attempt(
+            "broadcast",
+            Target::Fanout,
+            scenario::broadcast(&d.env, opts),
+        )
+        .await;
+        if goals {
+            o.goal("deliveries/s", Goal::AtLeast(1_000_000.0));
+        }
+        out.push(o);
+    }
+    if args.wants("broadcast") || args.wants("broadcast-paced") {
+        progress("broadcast, paced");
+        let d = args.fanout(1, false)?;
+        let opts = BroadcastOpts {
+            connections: s.broadcast,
+            messages: s.paced,
+            rate: s.paced_rate,
+            pad: 40,
+            to_all: false,
+        };
+        let mut o = attempt(
+            "broadcast",
+            Target::Fanout,
+            scenario::broadcast(&d.env, opts),
+        )
+        .await;
+        if goals {
+            o.goal("latency p99", Goal::AtMost(50.0));
+        }
+        out.push(o);
+    }
+    if args.wants("broadcast") || args.wants("broadcast-redis") {
+        progress("broadcast through Redis");
+        let d = args.fanout(2, true)?;
+        let opts = BroadcastOpts {
+            connections: 2 * s.redis_per_node,
+            messages: s.redis_burst,
+            rate: 0.0,
+            pad: 40,
+            to_all: false,
+        };
+        let mut o = attempt(
+            "broadcast",
+            Target::Fanout,
+            scenario::broadcast(&d.env, opts),
+        )
+        .await;
+        if goals {
+            o.goal("deliveries/s", Goal::AtLeast(500_000.0));
+        }
+        out.push(o);
+    }
+    if args.wants("steady") {
+        progress("steady");
+        let mut d = args.fanout(1, true)?;
+        d.env.via_redis = true;
+        let opts = SteadyOpts {
+            users: s.steady_users,
+            rate: s.steady_rate,
+            duration: s.steady_for,
+            group_percent: if args.quick { 20 } else { 0 },
+            group_size: 100,
+            pad: 40,
+            seed: 1,
+        };
+        let mut o = attempt("steady", Target::Fanout, scenario::steady(&d.env, opts)).await;
+        if goals {
+            o.goal("messages/s", Goal::AtLeast(30_000.0 * 0.99));
+            o.goal("latency p99", Goal::AtMost(20.0));
+        }
+        out.push(o);
+    }
+    if args.wants("storm") {
+        progress("storm");
+        let mut d = args.fanout(1, true)?;
+        d.env.via_redis = true;
+        let mut o = attempt(
+            "storm",
+            Target::Fanout,
+            scenario::storm(&d.env, s.storm, s.storm_down),
+        )
+        .await;
+        if goals {
+            o.goal("all receiving again", Goal::AtMost(5000.0));
+            o.goal("SUBSCRIBE commands", Goal::AtMost(100.0));
+        }
+        out.push(o);
+    }
+    if args.wants("publish-api") {
+        progress("publish-api");
+        let d = args.fanout(1, false)?;
+        let mut o = attempt(
+            "publish-api",
+            Target::Fanout,
+            scenario::publish_api(&d.env, s.api_users, s.api_in_flight, s.api_for),
+        )
+        .await;
+        if goals {
+            o.goal("requests/s", Goal::AtLeast(20_000.0));
+            o.goal("request p99", Goal::AtMost(10.0));
+        }
+        out.push(o);
+    }
+
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "results": out }))?
+        );
+    } else {
+        crate::print(&out, false)?;
+    }
+    Ok(if failed(&out) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// One line of the comparison: fanout's value over Socket.IO's.
+#[derive(Debug, Serialize)]
+struct Ratio {
+    scenario: &'static str,
+    metric: String,
+    unit: &'static str,
+    fanout: f64,
+    socketio: f64,
+    /// fanout ÷ Socket.IO.
+    ratio: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    goal: Option<Goal>,
+}
+
+pub(crate) async fn compare(args: &SuiteArgs) -> anyhow::Result<ExitCode> {
+    let quick = args.quick;
+    let redis = args.redis()?;
+    let fanout_bin = find_bin(args.fanout_bin.as_deref(), "fanout");
+    let dir = args
+        .socketio_dir
+        .clone()
+        .unwrap_or_else(crate::default_socketio_dir);
+    let fanout_nodes = (1..=2)
+        .map(|i| deploy::fanout(&fanout_bin, &format!("bench{i}"), Some(&redis.url)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let sio_nodes = (1..=2)
+        .map(|i| deploy::socketio(&args.node_bin, &dir, &format!("sio{i}"), Some(&redis.url)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let envs = [
+        args.env(Target::Fanout, &fanout_nodes, Some(&redis)),
+        args.env(Target::Socketio, &sio_nodes, Some(&redis)),
+    ];
+    let (idle, settle, window) = if quick {
+        (200, Duration::from_millis(500), Duration::from_secs(1))
+    } else {
+        (10_000, Duration::from_secs(5), Duration::from_secs(30))
+    };
+    let broadcast = BroadcastOpts {
+        connections: if quick { 200 } else { 5_000 },
+        messages: if quick { 10 } else { 100 },
+        rate: 0.0,
+        pad: 40,
+        to_all: false,
+    };
+    let steady = SteadyOpts {
+        users: if quick { 200 } else { 5_000 },
+        rate: if quick { 200.0 } else { 2_000.0 },
+        duration: Duration::from_secs(if quick { 2 } else { 10 }),
+        group_percent: 10,
+        group_size: 50,
+        pad: 40,
+        seed: 1,
+    };
+    let (storm, down) = if quick {
+        (200, Duration::from_millis(1500))
+    } else {
+        (5_000, Duration::from_secs(2))
+    };
+    let (api_users, in_flight, api_for) = if quick {
+        (100, 8, Duration::from_secs(2))
+    } else {
+        (1_000, 32, Duration::from_secs(10))
+    };
+
+    let mut out = Vec::new();
+    for name in ["idle", "broadcast", "steady", "storm", "publish-api"] {
+        if !args.wants(name) {
+            continue;
+        }
+        for env in &envs {
+            progress(&format!("{name} on {}", env.target.name()));
+            let o = match name {
+                "idle" => {
+                    attempt(name, env.target, scenario::idle(env, idle, settle, window)).await
+                }
+                "broadcast" => attempt(name, env.target, scenario::broadcast(env, broadcast)).await,
+                "steady" => attempt(name, env.target, scenario::steady(env, steady)).await,
+                "storm" => attempt(name, env.target, scenario::storm(env, storm, down)).await,
+                _ => {
+                    attempt(
+                        "publish-api",
+                        env.target,
+                        scenario::publish_api(env, api_users, in_flight, api_for),
+                    )
+                    .await
+                }
+            };
+            out.push(o);
+        }
+    }
+
+    let ratios = ratios(&out, !quick);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "results": out, "ratios": ratios }))?
+        );
+    } else {
+        crate::print(&out, false)?;
+        println!();
+        print!("{}", ratio_table(&ratios));
+    }
+    drop(sio_nodes);
+    drop(fanout_nodes);
+    Ok(if failed(&out) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn ratios(out: &[Outcome], goals: bool) -> Vec<Ratio> {
+    let mut ratios = Vec::new();
+    for f in out.iter().filter(|o| o.target == "fanout") {
+        let Some(s) = out
+            .iter()
+            .find(|o| o.target == "socketio" && o.scenario == f.scenario)
+        else {
+            continue;
+        };
+        for m in &f.metrics {
+            let Some(theirs) = s.get(&m.name) else {
+                continue;
+            };
+            let goal = match m.name.as_str() {
+                "deliveries/s" if f.scenario == "broadcast" => Some(Goal::AtLeast(5.0)),
+                "latency p99" if f.scenario == "broadcast" => Some(Goal::AtMost(1.0)),
+                "server RSS per connection" => Some(Goal::AtMost(0.5)),
+                _ => None,
+            };
+            ratios.push(Ratio {
+                scenario: f.scenario,
+                metric: m.name.clone(),
+                unit: m.unit,
+                fanout: m.value,
+                socketio: theirs,
+                ratio: if theirs == 0.0 {
+                    f64::NAN
+                } else {
+                    m.value / theirs
+                },
+                goal: goal.filter(|_| goals),
+            });
+        }
+    }
+    ratios
+}
+
+fn ratio_table(ratios: &[Ratio]) -> String {
+    let mut rows = vec![[
+        "scenario".to_owned(),
+        "metric".into(),
+        "fanout".into(),
+        "socket.io".into(),
+        "fanout ÷ socket.io".into(),
+        "goal".into(),
+    ]];
+    for r in ratios {
+        let goal = r.goal.map_or(String::new(), |g| {
+            let (text, met) = match g {
+                Goal::AtLeast(b) => (format!("≥ {b}×"), r.ratio >= b),
+                Goal::AtMost(b) => (format!("≤ {b}×"), r.ratio <= b),
+            };
+            format!("{text} {}", if met { "ok" } else { "MISSED" })
+        });
+        rows.push([
+            r.scenario.to_owned(),
+            r.metric.clone(),
+            format!("{} {}", fmt_num(r.fanout), r.unit),
+            format!("{} {}", fmt_num(r.socketio), r.unit),
+            format!("{:.2}", r.ratio),
+            goal,
+        ]);
+    }
+    let mut widths = [0usize; 6];
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut s = String::new();
+    for (i, r) in rows.iter().enumerate() {
+        let cells: Vec<String> = r
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        s.push_str(cells.join(" | ").trim_end());
+        s.push('\n');
+        if i == 0 {
+            let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+            s.push_str(&rule.join("-|-"));
+            s.push('\n');
+        }
+    }
+    s
+}

@@ -1,0 +1,79 @@
+//! A worker process (`fanout-bench worker`): holds its share of the client
+//! connections and answers the coordinator's commands (see `control`).
+
+use std::{
+    io::Write,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use anyhow::Context;
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    sync::Semaphore,
+};
+use tokio_util::task::TaskTracker;
+
+use crate::{
+    client::{self, Shared, Signal, Spec},
+    control::{Command, Event},
+};
+
+pub(crate) async fn run() -> anyhow::Result<()> {
+    let shared = Arc::new(Shared::new());
+    let tasks = TaskTracker::new();
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = lines.next_line().await.context("reading commands")? {
+        let cmd: Command = serde_json::from_str(&line).context("parsing a command")?;
+        let event = match cmd {
+            Command::Connect(plan) => {
+                shared.expect(plan.count);
+                let gate = Arc::new(Semaphore::new(plan.concurrency.max(1)));
+                for index in plan.first..plan.first + plan.count {
+                    match Spec::new(&plan, index) {
+                        Ok(spec) => {
+                            tasks.spawn(client::run(spec, shared.clone(), gate.clone()));
+                        }
+                        Err(e) => anyhow::bail!("connection {index}: {e}"),
+                    }
+                }
+                Event::Connected(shared.outcomes().await)
+            }
+            Command::Phase { base, len } => {
+                shared.recorder.start_phase(base, len);
+                Event::Ready
+            }
+            Command::Progress => Event::Progress {
+                received: shared.recorder.received(),
+            },
+            Command::Report => {
+                Event::Report(shared.recorder.report(shared.open.load(Ordering::Relaxed)))
+            }
+            Command::Storm { down_ms } => {
+                shared.expect(shared.open.load(Ordering::Relaxed));
+                shared.signal.send_modify(|s| {
+                    s.generation += 1;
+                    s.down_ms = down_ms;
+                });
+                Event::Connected(shared.outcomes().await)
+            }
+            Command::Close => {
+                shared.signal.send_modify(|s: &mut Signal| s.close = true);
+                tasks.close();
+                let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
+                emit(&Event::Closed)?;
+                break;
+            }
+        };
+        emit(&event)?;
+    }
+    Ok(())
+}
+
+fn emit(event: &Event) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, event).context("writing an event")?;
+    out.write_all(b"\n").context("writing an event")?;
+    out.flush().context("writing an event")?;
+    Ok(())
+}
