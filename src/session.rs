@@ -58,8 +58,13 @@ struct Shared {
     /// is right here: it is held for a push or a swap, never across `.await`.
     queue: Mutex<Queue>,
     /// Wakes the connection task after a push or a close request. `Notify`
-    /// keeps one permit, so a push before the task waits is not lost.
+    /// keeps one permit, so a push before the task waits is not lost. Only
+    /// the task's main loop waits on it: whoever takes a wake-up must also
+    /// write the queue, or a frame stays queued with nothing to send it.
     wake: Notify,
+    /// Signalled only when a close is requested, for waits that must notice
+    /// a close (a slow consumer) without taking the queue's wake-ups.
+    closing: Notify,
     /// Groups this session is in. Changed only by the node, under the
     /// group's subscription lock, so it always matches the hub.
     groups: Mutex<Groups>,
@@ -89,6 +94,7 @@ impl Session {
                 max_queue_bytes,
                 queue: Mutex::new(Queue::default()),
                 wake: Notify::new(),
+                closing: Notify::new(),
                 groups: Mutex::new(Groups::default()),
             }),
         }
@@ -123,6 +129,7 @@ impl Session {
                 crate::metrics::slow_consumer();
                 crate::metrics::messages_dropped("slow_consumer", dropped);
                 self.inner.wake.notify_one();
+                self.inner.closing.notify_one();
                 return Err(PushError::Full);
             }
             q.bytes += frame.len();
@@ -145,6 +152,7 @@ impl Session {
         q.close = Some(reason);
         drop(q);
         self.inner.wake.notify_one();
+        self.inner.closing.notify_one();
         true
     }
 
@@ -168,15 +176,10 @@ impl Session {
         self.inner.wake.notified().await;
     }
 
-    /// Frames or a close request are waiting.
-    pub fn has_pending(&self) -> bool {
-        let q = self.inner.queue.lock();
-        !q.frames.is_empty() || q.close.is_some()
-    }
-
-    /// Wakes the connection task as a push would.
-    pub fn wake(&self) {
-        self.inner.wake.notify_one();
+    /// Resolves after the next close request (or at once if one happened
+    /// since the last wait). Leaves the wake-ups of [`Session::woken`] alone.
+    pub async fn close_requested(&self) {
+        self.inner.closing.notified().await;
     }
 
     /// Bytes waiting in the queue.
@@ -259,6 +262,21 @@ mod tests {
         s.push(&frame(50), 0).unwrap();
         assert_eq!(s.take().frames.len(), 1);
         s.push(&frame(50), 0).unwrap();
+    }
+
+    /// Waiting for a close (as a write does, to drop a slow consumer) must
+    /// not take the wake-up of a queued frame: it would stay queued.
+    #[test]
+    fn watching_for_a_close_leaves_frame_wakeups_alone() {
+        use futures_util::FutureExt;
+        let s = Session::new(1, "u".into(), 100);
+        s.push(&frame(10), 0).unwrap();
+        assert!(s.close_requested().now_or_never().is_none());
+        assert!(s.woken().now_or_never().is_some());
+        assert!(s.woken().now_or_never().is_none());
+        s.close(CloseReason::Kicked);
+        assert!(s.close_requested().now_or_never().is_some());
+        assert!(s.woken().now_or_never().is_some());
     }
 
     #[test]

@@ -503,11 +503,8 @@ impl Conn {
                 return Step::Close(reason);
             }
             if abort_on_close {
-                // The write's close watcher may have consumed the wake-up
-                // of frames pushed meanwhile: re-arm it for the next turn.
-                if self.session.has_pending() {
-                    self.session.wake();
-                }
+                // Frames pushed meanwhile have left their wake-up for the
+                // next turn of the main loop.
                 return Step::Continue;
             }
         }
@@ -534,8 +531,10 @@ impl Conn {
             if !abort_on_close {
                 std::future::pending::<()>().await;
             }
+            // Not `woken()`: that would take the wake-up of frames pushed
+            // during the write, and they would stay queued.
             loop {
-                session.woken().await;
+                session.close_requested().await;
                 if session.is_closing() {
                     break;
                 }
