@@ -5,7 +5,7 @@ CARGO ?= cargo
 LISTEN ?= 127.0.0.1:8080
 INTERNAL ?= 127.0.0.1:9090
 
-.PHONY: run build test fmt fmt-check lint unit-test ensure-redis helm-lint
+.PHONY: run build test fmt fmt-check lint unit-test ensure-redis ensure-node helm-lint bench bench-compare
 
 ## Build and start a development node (generated secret and API key, printed).
 run:
@@ -29,7 +29,7 @@ lint:
 # Integration tests start their own redis-server processes and use promtool
 # and prometheus (extracted from Debian's package into a cache); with
 # FANOUT_REQUIRE_* set, anything missing fails the tests instead of skipping.
-unit-test: ensure-redis
+unit-test: ensure-redis ensure-node
 	@bin=$$(.ci/ensure-prometheus.sh) && \
 	export PROMTOOL_BIN="$$bin/promtool" PROMETHEUS_BIN="$$bin/prometheus" \
 		FANOUT_REQUIRE_REDIS=1 FANOUT_REQUIRE_TOOLS=1 && \
@@ -41,6 +41,24 @@ unit-test: ensure-redis
 
 ensure-redis:
 	@.ci/ensure-redis.sh
+
+# Node.js and the Socket.IO benchmark peer's npm packages (bench-compare and
+# its CI smoke run).
+ensure-node:
+	@.ci/ensure-node.sh
+
+## The default benchmark suite for a 2-core machine (docs/benchmarks.md):
+## starts its own redis-server and fanout nodes, prints one table.
+## BENCH_ARGS adds options, e.g. BENCH_ARGS="--only broadcast --json".
+bench: ensure-redis
+	$(CARGO) build --release --bins
+	target/release/fanout-bench suite $(BENCH_ARGS)
+
+## The same scenarios against two fanout nodes and two Socket.IO nodes
+## (socket.io + @socket.io/redis-adapter) on one Redis, with the ratios.
+bench-compare: ensure-redis ensure-node
+	$(CARGO) build --release --bins
+	target/release/fanout-bench compare $(BENCH_ARGS)
 
 ## helm lint --strict + template + offline schema validation of the chart
 ## (installs helm and kubernetes-validate into a cache when missing).

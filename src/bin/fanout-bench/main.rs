@@ -88,6 +88,9 @@ enum Cmd {
         /// Publish to `all` instead of a group.
         #[arg(long)]
         all: bool,
+        /// Publish requests in flight at once (several backends publishing).
+        #[arg(long, default_value_t = 4)]
+        in_flight: usize,
     },
     /// Publish at a fixed rate to random users and groups; account for every message.
     Steady {
@@ -299,6 +302,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             rate,
             pad,
             all,
+            in_flight,
         } => {
             let env = deployment.env()?;
             let opts = BroadcastOpts {
@@ -307,6 +311,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 rate,
                 pad,
                 to_all: all,
+                in_flight,
             };
             (deployment, scenario::broadcast(&env, opts).await?)
         }

@@ -229,6 +229,7 @@ pub(crate) async fn suite(args: &SuiteArgs) -> anyhow::Result<ExitCode> {
             rate: 0.0,
             pad: 40,
             to_all: false,
+            in_flight: 4,
         };
         let mut o = attempt(
             "broadcast",
@@ -250,6 +251,7 @@ pub(crate) async fn suite(args: &SuiteArgs) -> anyhow::Result<ExitCode> {
             rate: s.paced_rate,
             pad: 40,
             to_all: false,
+            in_flight: 4,
         };
         let mut o = attempt(
             "broadcast",
@@ -271,6 +273,7 @@ pub(crate) async fn suite(args: &SuiteArgs) -> anyhow::Result<ExitCode> {
             rate: 0.0,
             pad: 40,
             to_all: false,
+            in_flight: 4,
         };
         let mut o = attempt(
             "broadcast",
@@ -393,6 +396,7 @@ pub(crate) async fn compare(args: &SuiteArgs) -> anyhow::Result<ExitCode> {
         rate: 0.0,
         pad: 40,
         to_all: false,
+        in_flight: 4,
     };
     let steady = SteadyOpts {
         users: if quick { 200 } else { 5_000 },
@@ -438,6 +442,9 @@ pub(crate) async fn compare(args: &SuiteArgs) -> anyhow::Result<ExitCode> {
                 }
             };
             out.push(o);
+            // Let the nodes finish what the run left behind (unsubscribing
+            // after the linger) before the next run measures Redis.
+            tokio::time::sleep(Duration::from_secs(if quick { 1 } else { 2 })).await;
         }
     }
 
@@ -520,7 +527,11 @@ fn ratio_table(ratios: &[Ratio]) -> String {
             r.metric.clone(),
             format!("{} {}", fmt_num(r.fanout), r.unit),
             format!("{} {}", fmt_num(r.socketio), r.unit),
-            format!("{:.2}", r.ratio),
+            if r.ratio.is_finite() {
+                format!("{:.2}", r.ratio)
+            } else {
+                "n/a".into()
+            },
             goal,
         ]);
     }
