@@ -217,7 +217,7 @@ pub struct Config {
 
     /// WebSocket read buffer per connection (tungstenite's default, 128 KiB, costs that
     /// much memory per idle connection).
-    #[arg(long, env = ENV_WS_READ_BUFFER, default_value = "1KiB", value_parser = parse_bytes)]
+    #[arg(long, env = ENV_WS_READ_BUFFER, default_value = "512B", value_parser = parse_bytes)]
     pub ws_read_buffer: u64,
 
     /// WebSocket write buffer per connection: frames are gathered up to this size
@@ -284,7 +284,7 @@ impl Default for Config {
             max_groups: 256,
             api_body_limit: 64 * KIB,
             api_timeout: Duration::from_secs(10),
-            ws_read_buffer: KIB,
+            ws_read_buffer: 512,
             ws_write_buffer: 4 * KIB,
             drain_window: Duration::from_secs(30),
             drain_rate: 0,

@@ -556,8 +556,9 @@ pub(crate) async fn storm(env: &Env, count: u64, down: Duration) -> anyhow::Resu
             "",
         );
         // Every other command on that Redis (health probes of every client
-        // of it included), less the bench's own publishes and INFO.
+        // of it included), less the messages themselves and the bench's INFO.
         let all = after.keys().map(String::as_str).collect::<Vec<_>>();
+        let publish_family = ["publish", "spublish"];
         let subscribe_family = [
             "subscribe",
             "ssubscribe",
@@ -566,14 +567,10 @@ pub(crate) async fn storm(env: &Env, count: u64, down: Duration) -> anyhow::Resu
             "sunsubscribe",
             "punsubscribe",
         ];
-        let bench_own = if matches!(*publisher, Publisher::Redis { .. }) {
-            sent.sent + sent.failed
-        } else {
-            0
-        };
         let other = diff(&after, &before, &all)
             .saturating_sub(diff(&after, &before, &subscribe_family))
-            .saturating_sub(bench_own + 1);
+            .saturating_sub(diff(&after, &before, &publish_family))
+            .saturating_sub(1);
         out.metric("other Redis commands", other as f64, "");
     }
     load.pool.close().await?;
