@@ -6,10 +6,14 @@
 //! and transports from fixed sets; never a uid, group, channel, message id
 //! or anything a client sends.
 
-use std::{sync::OnceLock, time::Duration};
+use std::{
+    sync::{LazyLock, OnceLock},
+    time::Duration,
+};
 
 use metrics::{
-    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+    Counter, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge,
+    histogram,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -317,11 +321,17 @@ pub fn messages_dropped(reason: &'static str, n: usize) {
 /// One socket write of `frames` frames; `oldest_ts_ms` is the publish time
 /// of the oldest message among them (0 when none was a message).
 pub fn frames_written(frames: usize, oldest_ts_ms: u64) {
-    counter!(FRAMES_SENT).increment(frames as u64);
-    histogram!(OUTBOUND_BATCH_FRAMES).record(frames as f64);
+    // Called once per socket write: the handles are looked up once, not in
+    // the registry on every call. `app::spawn` installs the recorder before
+    // any connection exists, so they bind to it.
+    static SENT: LazyLock<Counter> = LazyLock::new(|| counter!(FRAMES_SENT));
+    static BATCH: LazyLock<Histogram> = LazyLock::new(|| histogram!(OUTBOUND_BATCH_FRAMES));
+    static LATENCY: LazyLock<Histogram> = LazyLock::new(|| histogram!(DELIVERY_LATENCY));
+    SENT.increment(frames as u64);
+    BATCH.record(frames as f64);
     if oldest_ts_ms > 0 {
         let now = crate::ids::unix_ms();
-        histogram!(DELIVERY_LATENCY).record(now.saturating_sub(oldest_ts_ms) as f64 / 1000.0);
+        LATENCY.record(now.saturating_sub(oldest_ts_ms) as f64 / 1000.0);
     }
 }
 

@@ -334,38 +334,44 @@ async fn read_loop(
     signal: &mut watch::Receiver<Signal>,
 ) -> Ended {
     let shard = spec.index as usize;
-    loop {
-        tokio::select! {
-            msg = ws.next() => match msg {
-                Some(Ok(Message::Text(t))) => {
-                    if !shared.recorder.record_frame(&t, shard)
-                        && spec.target == Target::Socketio
-                        && t.as_str() == "2"
-                        && send(&mut ws, "3".into()).await.is_err()
-                    {
+    // One wait for the signal for the whole loop: a new `changed()` per
+    // frame would register with (and lock) the channel shared by every
+    // connection of the worker on each delivery.
+    let changed_ok = {
+        let changed = signal.changed();
+        tokio::pin!(changed);
+        loop {
+            tokio::select! {
+                msg = ws.next() => match msg {
+                    Some(Ok(Message::Text(t))) => {
+                        if !shared.recorder.record_frame(&t, shard)
+                            && spec.target == Target::Socketio
+                            && t.as_str() == "2"
+                            && send(&mut ws, "3".into()).await.is_err()
+                        {
+                            shared.recorder.closed(0);
+                            return Ended::Done;
+                        }
+                    }
+                    Some(Ok(Message::Close(frame))) => {
+                        shared.recorder.closed(frame.map_or(0, |f| u16::from(f.code)));
+                        return Ended::Done;
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => {
                         shared.recorder.closed(0);
                         return Ended::Done;
                     }
-                }
-                Some(Ok(Message::Close(frame))) => {
-                    shared.recorder.closed(frame.map_or(0, |f| u16::from(f.code)));
-                    return Ended::Done;
-                }
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => {
-                    shared.recorder.closed(0);
-                    return Ended::Done;
-                }
-            },
-            changed = signal.changed() => {
-                let s = *signal.borrow_and_update();
-                if changed.is_err() || s.close {
-                    let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
-                    return Ended::Done;
-                }
-                // Dropping the stream closes the socket with no close handshake.
-                return Ended::Dropped(s.down_ms);
+                },
+                changed = &mut changed => break changed.is_ok(),
             }
         }
+    };
+    let s = *signal.borrow_and_update();
+    if !changed_ok || s.close {
+        let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+        return Ended::Done;
     }
+    // Dropping the stream closes the socket with no close handshake.
+    Ended::Dropped(s.down_ms)
 }

@@ -87,7 +87,7 @@ impl Recorder {
             return false;
         };
         let latency = unix_us().saturating_sub(sent);
-        let phase = self.phase.read().clone();
+        let phase = self.phase.read();
         let Some(offset) = seq
             .checked_sub(phase.base)
             .and_then(|o| usize::try_from(o).ok())
