@@ -12,8 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Context;
-use fred::prelude::{Client, ClientLike, PubsubInterface};
+use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use tokio::{
@@ -159,8 +158,81 @@ pub(crate) enum Publisher {
     FanoutApi(Vec<HttpPool>),
     /// `POST /publish` on the Socket.IO nodes, round robin.
     SocketIo(Vec<HttpPool>),
-    /// `PUBLISH <prefix>:user:<uid>` straight to Redis.
-    Redis { client: Client, prefix: String },
+    /// `PUBLISH <prefix>:user:<uid>` straight to Redis, pipelined.
+    Redis(RedisTarget),
+}
+
+/// Where to PUBLISH: one connection, commands written in batches, replies
+/// read by another task. Cheaper per message than a general client, so the
+/// load generator leaves the shared cores to the node.
+#[derive(Debug, Clone)]
+pub(crate) struct RedisTarget {
+    addr: SocketAddr,
+    password: Option<String>,
+    prefix: String,
+}
+
+impl RedisTarget {
+    /// `redis://[:password@]ip:port[/db]` (db 0 only).
+    pub(crate) fn parse(url: &str, prefix: &str) -> anyhow::Result<Self> {
+        let rest = url
+            .strip_prefix("redis://")
+            .context("--redis: expected redis://[:password@]ip:port")?;
+        let rest = rest.split('/').next().unwrap_or(rest);
+        let (password, host) = match rest.rsplit_once('@') {
+            Some((auth, host)) => (Some(auth.trim_start_matches(':').to_owned()), host),
+            None => (None, rest),
+        };
+        let host = if host.starts_with("localhost:") {
+            host.replacen("localhost", "127.0.0.1", 1)
+        } else {
+            host.to_owned()
+        };
+        let addr = host
+            .parse()
+            .with_context(|| format!("--redis: {host:?} is not ip:port"))?;
+        Ok(Self {
+            addr,
+            password: password.filter(|p| !p.is_empty()),
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    fn channel(&self, dest: Dest) -> String {
+        match dest {
+            Dest::User(i) => format!("{}:user:{}", self.prefix, uid(i)),
+            Dest::Group(g) => format!("{}:group:{}", self.prefix, group(g, 1).unwrap_or_default()),
+            Dest::All => format!("{}:all", self.prefix),
+        }
+    }
+
+    async fn connect(&self) -> anyhow::Result<TcpStream> {
+        let mut stream = TcpStream::connect(self.addr)
+            .await
+            .with_context(|| format!("connecting to Redis at {}", self.addr))?;
+        stream.set_nodelay(true)?;
+        if let Some(pw) = &self.password {
+            let mut cmd = Vec::new();
+            resp_command(&mut cmd, &[b"AUTH", pw.as_bytes()]);
+            stream.write_all(&cmd).await?;
+            let mut reader = BufReader::new(&mut stream);
+            let mut line = String::new();
+            reader.read_line(&mut line).await?;
+            if !line.starts_with('+') {
+                bail!("Redis AUTH: {}", line.trim());
+            }
+        }
+        Ok(stream)
+    }
+}
+
+fn resp_command(buf: &mut Vec<u8>, parts: &[&[u8]]) {
+    buf.extend_from_slice(format!("*{}\r\n", parts.len()).as_bytes());
+    for p in parts {
+        buf.extend_from_slice(format!("${}\r\n", p.len()).as_bytes());
+        buf.extend_from_slice(p);
+        buf.extend_from_slice(b"\r\n");
+    }
 }
 
 impl Publisher {
@@ -182,22 +254,17 @@ impl Publisher {
     }
 
     pub(crate) async fn redis(url: &str, prefix: &str) -> anyhow::Result<Self> {
-        let config = fred::types::config::Config::from_url(url).context("--redis URL")?;
-        let client = fred::types::Builder::from_config(config)
-            .build()
-            .context("building the Redis client")?;
-        client.init().await.context("connecting to Redis")?;
-        Ok(Self::Redis {
-            client,
-            prefix: prefix.to_owned(),
-        })
+        let target = RedisTarget::parse(url, prefix)?;
+        // Fail here, not in the middle of a run.
+        drop(target.connect().await?);
+        Ok(Self::Redis(target))
     }
 
     pub(crate) fn via(&self) -> &'static str {
         match self {
             Self::FanoutApi(_) => "POST /api/publish",
             Self::SocketIo(_) => "POST /publish",
-            Self::Redis { .. } => "Redis PUBLISH",
+            Self::Redis(_) => "Redis PUBLISH",
         }
     }
 
@@ -223,19 +290,7 @@ impl Publisher {
                 let body = format!(r#"{{{to}"event":"new_msg","content":{payload}}}"#);
                 expect_ok(pick(pools, n).send(body.as_bytes()).await?)
             }
-            Self::Redis { client, prefix } => {
-                let channel = match dest {
-                    Dest::User(i) => format!("{prefix}:user:{}", uid(i)),
-                    Dest::Group(g) => format!("{prefix}:group:{}", group(g, 1).unwrap_or_default()),
-                    Dest::All => format!("{prefix}:all"),
-                };
-                let msg = format!(r#"{{"event":"bench","data":{payload}}}"#);
-                client
-                    .publish::<i64, _, _>(channel, msg)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| format!("PUBLISH: {e}"))
-            }
+            Self::Redis(_) => Err("Redis publishes go through the pipelined driver".into()),
         }
     }
 }
@@ -298,6 +353,9 @@ pub(crate) async fn drive(
     plan: Drive,
     dest_of: impl Fn(u64) -> Dest,
 ) -> Sent {
+    if let Publisher::Redis(target) = &*publisher {
+        return drive_pipelined(target, plan, dest_of).await;
+    }
     let state = Arc::new(DriveState {
         failed: AtomicU64::new(0),
         errors: Mutex::new(Vec::new()),
@@ -371,4 +429,125 @@ pub(crate) async fn drive(
         request_latency: state.hist.lock().clone(),
         elapsed,
     }
+}
+
+/// Replies the reader has not seen yet, at most: bounds what is in flight.
+const MAX_OUTSTANDING: u64 = 20_000;
+
+/// Publishes to Redis in batches: every millisecond (or as fast as Redis
+/// answers, at rate 0) the messages due are written as one pipelined
+/// buffer; a reader task matches the replies to them in order.
+async fn drive_pipelined(target: &RedisTarget, plan: Drive, dest_of: impl Fn(u64) -> Dest) -> Sent {
+    let start = Instant::now();
+    let mut sent = Sent {
+        sent: 0,
+        failed: 0,
+        errors: Vec::new(),
+        send_times: vec![0; plan.count as usize],
+        dests: Vec::with_capacity(plan.count as usize),
+        request_latency: latency_hist(),
+        elapsed: Duration::ZERO,
+    };
+    let stream = match target.connect().await {
+        Ok(s) => s,
+        Err(e) => {
+            sent.errors.push(format!("{e:#}"));
+            return sent;
+        }
+    };
+    let (read_half, mut write_half) = stream.into_split();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<usize>>();
+    let replied = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let replied = replied.clone();
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(read_half);
+            let mut line = String::new();
+            let mut failed = Vec::new();
+            let mut errors = Vec::new();
+            while let Some(batch) = rx.recv().await {
+                for offset in batch {
+                    line.clear();
+                    let ok = match reader.read_line(&mut line).await {
+                        Ok(n) if n > 0 => line.starts_with(':'),
+                        _ => false,
+                    };
+                    if !ok {
+                        failed.push(offset);
+                        if errors.len() < 5 {
+                            errors.push(format!("PUBLISH: {}", line.trim()));
+                        }
+                    }
+                    replied.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            (failed, errors)
+        })
+    };
+    let padding = "x".repeat(plan.pad);
+    let mut buf = Vec::new();
+    let mut i = 0u64;
+    while i < plan.count {
+        if plan.duration.is_some_and(|d| start.elapsed() >= d) {
+            break;
+        }
+        if i.saturating_sub(replied.load(Ordering::Relaxed)) >= MAX_OUTSTANDING {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            continue;
+        }
+        let due = if plan.rate > 0.0 {
+            let due = (start.elapsed().as_secs_f64() * plan.rate) as u64 + 1;
+            if due <= i {
+                let next = Duration::from_secs_f64(i as f64 / plan.rate);
+                tokio::time::sleep(next.saturating_sub(start.elapsed())).await;
+                continue;
+            }
+            due.min(plan.count)
+        } else {
+            (i + 1000).min(plan.count)
+        };
+        let t = unix_us();
+        buf.clear();
+        let mut offsets = Vec::with_capacity((due - i) as usize);
+        for j in i..due {
+            let dest = dest_of(j);
+            let seq = plan.base_seq + j;
+            let msg =
+                format!(r#"{{"event":"bench","data":{{"s":{seq},"t":{t},"p":"{padding}"}}}}"#);
+            resp_command(
+                &mut buf,
+                &[b"PUBLISH", target.channel(dest).as_bytes(), msg.as_bytes()],
+            );
+            sent.dests.push(dest);
+            sent.send_times[j as usize] = t;
+            offsets.push(j as usize);
+        }
+        if let Err(e) = write_half.write_all(&buf).await {
+            for &o in &offsets {
+                sent.send_times[o] = 0;
+            }
+            sent.failed += offsets.len() as u64;
+            sent.errors.push(format!("writing to Redis: {e}"));
+            i = due;
+            break;
+        }
+        let _ = tx.send(offsets);
+        i = due;
+    }
+    drop(tx);
+    if let Ok((failed, errors)) = reader.await {
+        for o in failed {
+            if let Some(t) = sent.send_times.get_mut(o)
+                && *t != 0
+            {
+                *t = 0;
+                sent.failed += 1;
+            }
+        }
+        sent.errors.extend(errors);
+    }
+    sent.send_times.truncate(i as usize);
+    sent.sent = i - sent.failed;
+    sent.elapsed = start.elapsed();
+    sent
 }
