@@ -145,10 +145,16 @@ impl Spec {
             .trim_end_matches('/')
             .parse()
             .map_err(|_| format!("{base}: expected ws://<ip>:<port>"))?;
-        let src: IpAddr = pick(&plan.sources, index)
-            .ok_or("no source address")?
-            .parse()
-            .map_err(|e| format!("source address: {e}"))?;
+        // Loopback source addresses only make sense towards a loopback
+        // node; towards another host the kernel picks the address.
+        let src: IpAddr = if dst.ip().is_loopback() {
+            pick(&plan.sources, index)
+                .ok_or("no source address")?
+                .parse()
+                .map_err(|e| format!("source address: {e}"))?
+        } else {
+            IpAddr::from([0, 0, 0, 0])
+        };
         let uid = uid(index);
         let group = group(index, plan.group_size);
         let url = match plan.target {

@@ -175,6 +175,13 @@ fn progress(step: &str) {
     eprintln!("fanout-bench: {step} …");
 }
 
+/// Between scenarios: the previous deployment's processes are gone, but the
+/// kernel is still tearing down its thousands of sockets; measuring now
+/// would measure that too.
+async fn pause(quick: bool) {
+    tokio::time::sleep(Duration::from_millis(if quick { 300 } else { 3000 })).await;
+}
+
 /// Runs one scenario; a failure becomes an outcome holding the error.
 async fn attempt(
     scenario: &'static str,
@@ -219,6 +226,8 @@ pub(crate) async fn suite(args: &SuiteArgs) -> anyhow::Result<ExitCode> {
             o.goal("server CPU per connection", Goal::AtMost(2.0));
         }
         out.push(o);
+        drop(d);
+        pause(args.quick).await;
     }
     if args.wants("broadcast") {
         progress("broadcast, back to back");
@@ -241,6 +250,8 @@ pub(crate) async fn suite(args: &SuiteArgs) -> anyhow::Result<ExitCode> {
             o.goal("deliveries/s", Goal::AtLeast(1_000_000.0));
         }
         out.push(o);
+        drop(d);
+        pause(args.quick).await;
     }
     if args.wants("broadcast") || args.wants("broadcast-paced") {
         progress("broadcast, paced");
@@ -263,6 +274,8 @@ pub(crate) async fn suite(args: &SuiteArgs) -> anyhow::Result<ExitCode> {
             o.goal("latency p99", Goal::AtMost(50.0));
         }
         out.push(o);
+        drop(d);
+        pause(args.quick).await;
     }
     if args.wants("broadcast") || args.wants("broadcast-redis") {
         progress("broadcast through Redis");
@@ -285,6 +298,8 @@ pub(crate) async fn suite(args: &SuiteArgs) -> anyhow::Result<ExitCode> {
             o.goal("deliveries/s", Goal::AtLeast(500_000.0));
         }
         out.push(o);
+        drop(d);
+        pause(args.quick).await;
     }
     if args.wants("steady") {
         progress("steady");
@@ -305,6 +320,8 @@ pub(crate) async fn suite(args: &SuiteArgs) -> anyhow::Result<ExitCode> {
             o.goal("latency p99", Goal::AtMost(20.0));
         }
         out.push(o);
+        drop(d);
+        pause(args.quick).await;
     }
     if args.wants("storm") {
         progress("storm");
@@ -321,6 +338,8 @@ pub(crate) async fn suite(args: &SuiteArgs) -> anyhow::Result<ExitCode> {
             o.goal("SUBSCRIBE commands", Goal::AtMost(100.0));
         }
         out.push(o);
+        drop(d);
+        pause(args.quick).await;
     }
     if args.wants("publish-api") {
         progress("publish-api");
@@ -336,6 +355,8 @@ pub(crate) async fn suite(args: &SuiteArgs) -> anyhow::Result<ExitCode> {
             o.goal("request p99", Goal::AtMost(10.0));
         }
         out.push(o);
+        drop(d);
+        pause(args.quick).await;
     }
 
     if args.json {
