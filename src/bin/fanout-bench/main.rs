@@ -62,6 +62,7 @@ enum Cmd {
     Idle {
         #[command(flatten)]
         deployment: Deployment,
+        /// Connections to open (users u0, u1, …).
         #[arg(long, default_value_t = 1000)]
         connections: u64,
         /// Time to let the node settle after the last connection.
@@ -75,11 +76,14 @@ enum Cmd {
     Broadcast {
         #[command(flatten)]
         deployment: Deployment,
+        /// Connections, all in group g0 (users u0, u1, …).
         #[arg(long, default_value_t = 1000)]
         connections: u64,
+        /// Messages to publish.
         #[arg(long, default_value_t = 100)]
         messages: u64,
-        /// Messages per second; 0 sends each as soon as the last publish returned.
+        /// Messages per second; 0 publishes back to back, with --in-flight
+        /// requests outstanding (through Redis: pipelined batches).
         #[arg(long, default_value_t = 0.0)]
         rate: f64,
         /// Padding bytes added to each payload.
@@ -88,7 +92,8 @@ enum Cmd {
         /// Publish to `all` instead of a group.
         #[arg(long)]
         all: bool,
-        /// Publish requests in flight at once (several backends publishing).
+        /// Publish requests in flight at once (several backends publishing);
+        /// HTTP only.
         #[arg(long, default_value_t = 4)]
         in_flight: usize,
     },
@@ -99,17 +104,22 @@ enum Cmd {
         /// Users, one connection each.
         #[arg(long, default_value_t = 1000)]
         users: u64,
+        /// Messages per second.
         #[arg(long, default_value_t = 1000.0)]
         rate: f64,
+        /// How long to publish.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         duration: Duration,
         /// Percentage of messages sent to a group instead of a user.
         #[arg(long, default_value_t = 0)]
         group_percent: u8,
+        /// Members per group (connection i is in group g<i/size>).
         #[arg(long, default_value_t = 100)]
         group_size: u64,
+        /// Padding bytes added to each payload.
         #[arg(long, default_value_t = 40)]
         pad: usize,
+        /// Seed of the random choice of users and groups.
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
@@ -117,6 +127,7 @@ enum Cmd {
     Storm {
         #[command(flatten)]
         deployment: Deployment,
+        /// Clients (users u0, u1, …).
         #[arg(long, default_value_t = 1000)]
         connections: u64,
         /// Time the clients stay away (past the node's unsubscribe linger,
@@ -131,8 +142,10 @@ enum Cmd {
         /// Connected users the requests publish to.
         #[arg(long, default_value_t = 1000)]
         users: u64,
+        /// Requests in flight at once, each on its own keep-alive connection.
         #[arg(long, default_value_t = 32)]
         in_flight: usize,
+        /// How long to send requests.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         duration: Duration,
     },
@@ -223,9 +236,6 @@ impl Deployment {
                  `make run` prints the one it generated"
             );
         }
-        if self.target == Target::Fanout && self.api_key.is_empty() {
-            anyhow::bail!("--api-key (or FANOUT_API_KEY) is required to publish to fanout");
-        }
         if self.via == Via::Redis && self.redis.is_none() {
             anyhow::bail!("--via redis needs --redis <url>");
         }
@@ -239,6 +249,7 @@ impl Deployment {
             redis: self.redis.clone(),
             prefix: self.prefix.clone(),
             via_redis: self.via == Via::Redis,
+            broker: self.redis.is_some().then_some("Redis"),
             workers: self.load.workers,
             sources: self.load.sources,
             connect_concurrency: self.load.connect_concurrency,
@@ -356,8 +367,13 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             (deployment, out)
         }
     };
-    print(&[outcome], deployment.json)?;
-    Ok(ExitCode::SUCCESS)
+    let outcomes = [outcome];
+    print(&outcomes, deployment.json)?;
+    Ok(if suite::failed(&outcomes) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 pub(crate) fn print(outcomes: &[Outcome], json: bool) -> anyhow::Result<()> {

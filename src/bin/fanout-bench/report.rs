@@ -60,8 +60,9 @@ pub(crate) struct Accounting {
 #[derive(Debug, Clone, Default, Serialize)]
 pub(crate) struct Resources {
     pub(crate) wall_s: f64,
-    /// CPU seconds of the server node(s) during the measurement.
-    pub(crate) server_cpu_s: f64,
+    /// CPU seconds of the server node(s) during the measurement (null
+    /// without `--pid`).
+    pub(crate) server_cpu_s: Option<f64>,
     /// CPU seconds of the load generator (coordinator and workers).
     pub(crate) loadgen_cpu_s: f64,
     /// CPU seconds of redis-server, when the bench knows its pid.
@@ -204,10 +205,11 @@ pub(crate) fn table(outcomes: &[Outcome]) -> String {
             rows.push(["messages".into(), text, String::new()]);
         }
         let r = &o.resources;
-        let mut cpu = format!(
-            "server {:.1} s · load generator {:.1} s",
-            r.server_cpu_s, r.loadgen_cpu_s
+        let server = r.server_cpu_s.map_or_else(
+            || "not measured (no --pid)".to_owned(),
+            |s| format!("{s:.1} s"),
         );
+        let mut cpu = format!("server {server} · load generator {:.1} s", r.loadgen_cpu_s);
         if let Some(redis) = r.redis_cpu_s {
             let _ = write!(cpu, " · redis {redis:.1} s");
         }

@@ -42,6 +42,8 @@ pub(crate) struct Env {
     pub(crate) prefix: String,
     /// Publish through Redis instead of the HTTP API (fanout only).
     pub(crate) via_redis: bool,
+    /// What the nodes use as a broker, when known (for the heading).
+    pub(crate) broker: Option<&'static str>,
     /// Worker processes (0: one per 15,000 connections).
     pub(crate) workers: usize,
     /// Loopback source addresses 127.0.0.2 … 127.0.0.(1+sources).
@@ -74,6 +76,9 @@ impl Env {
             let url = self.redis.as_deref().context("--via redis needs --redis")?;
             return Ok(Arc::new(Publisher::redis(url, &self.prefix).await?));
         }
+        if self.target == Target::Fanout && self.api_key.is_empty() {
+            bail!("--api-key (or FANOUT_API_KEY) is required to publish through fanout's API");
+        }
         Ok(Arc::new(Publisher::http(
             self.target,
             &self.nodes,
@@ -87,12 +92,11 @@ impl Env {
 
     fn nodes_desc(&self) -> String {
         let n = self.nodes.len();
-        let broker = if self.redis.is_some() {
-            "Redis"
-        } else {
-            "memory broker"
-        };
-        format!("{n} node{}, {broker}", if n == 1 { "" } else { "s" })
+        let nodes = format!("{n} node{}", if n == 1 { "" } else { "s" });
+        match self.broker {
+            Some(broker) => format!("{nodes}, {broker}"),
+            None => nodes,
+        }
     }
 }
 
@@ -155,7 +159,7 @@ impl Load {
 fn resources(out: &mut Outcome, env: &Env, meter: &CpuMeter) {
     let (cpu, wall) = meter.read();
     out.resources.wall_s = wall;
-    out.resources.server_cpu_s = cpu[0];
+    out.resources.server_cpu_s = (!env.pids.is_empty()).then_some(cpu[0]);
     out.resources.loadgen_cpu_s = cpu[1];
     out.resources.redis_cpu_s = env.redis_pid.map(|_| cpu[2]);
 }
@@ -223,7 +227,9 @@ fn account(
         if got > 0 {
             let lat = merged.max_latency[i];
             last = last.max(t + lat);
-            let _ = completion.record(lat.max(1));
+            if expected > 1 {
+                let _ = completion.record(lat.max(1));
+            }
         }
     }
     if last > first {
@@ -231,9 +237,8 @@ fn account(
         out.metric("deliveries/s", acc.delivered as f64 / span, "/s");
     }
     out.percentiles("latency", &merged.latency, &[0.5, 0.99, 0.999]);
-    if !completion.is_empty() && sent.dests.iter().any(|d| !matches!(d, Dest::User(_))) {
-        out.percentiles("last delivery", &completion, &[0.5, 0.99]);
-    }
+    // Per message with several recipients (group, `all`): until the last one had it.
+    out.percentiles("last delivery", &completion, &[0.5, 0.99]);
     out.closed_by_server = merged.closed.clone();
     out.errors.extend(sent.errors.iter().cloned());
     out.accounting = Some(acc);
@@ -276,7 +281,7 @@ pub(crate) async fn idle(
         out.metric("server RSS", rss as f64 / (1 << 20) as f64, "MiB");
         out.metric(
             "server CPU per connection",
-            out.resources.server_cpu_s / out.resources.wall_s / count as f64 * 1e6,
+            out.resources.server_cpu_s.unwrap_or(0.0) / out.resources.wall_s / count as f64 * 1e6,
             "µs/s",
         );
     }
@@ -310,10 +315,11 @@ pub(crate) struct BroadcastOpts {
 
 pub(crate) async fn broadcast(env: &Env, o: BroadcastOpts) -> anyhow::Result<Outcome> {
     let k = o.connections;
-    let pace = if o.rate > 0.0 {
-        format!("{} msg/s", o.rate)
-    } else {
-        format!("back to back, {} in flight", o.in_flight)
+    let pipelined = env.via_redis && env.target == Target::Fanout;
+    let pace = match (o.rate > 0.0, pipelined) {
+        (true, _) => format!("{} msg/s", o.rate),
+        (false, true) => "back to back, pipelined".to_owned(),
+        (false, false) => format!("back to back, {} in flight", o.in_flight),
     };
     let mut out = Outcome::new(
         "broadcast",
@@ -442,18 +448,24 @@ pub(crate) async fn steady(env: &Env, o: SteadyOpts) -> anyhow::Result<Outcome> 
 
 // --------------------------------------------------------------- storm
 
-/// Redis commands by name (`INFO commandstats`).
-async fn command_counts(url: &str) -> anyhow::Result<BTreeMap<String, u64>> {
+/// A connection for `INFO commandstats`, opened once so that its own
+/// connection setup (PING, CLIENT, INFO server) is not counted between two
+/// snapshots.
+async fn info_client(url: &str) -> anyhow::Result<Client> {
     let config = fred::types::config::Config::from_url(url)?;
     let client: Client = fred::types::Builder::from_config(config).build()?;
     client.init().await?;
+    Ok(client)
+}
+
+/// Redis commands by name (`INFO commandstats`).
+async fn command_counts(client: &Client) -> anyhow::Result<BTreeMap<String, u64>> {
     let info: String = client
         .custom(
             fred::types::CustomCommand::new_static("INFO", fred::types::ClusterHash::Random, false),
             vec!["commandstats"],
         )
         .await?;
-    let _ = client.quit().await;
     let mut counts = BTreeMap::new();
     for line in info.lines() {
         let Some((name, rest)) = line
@@ -498,8 +510,12 @@ pub(crate) async fn storm(env: &Env, count: u64, down: Duration) -> anyhow::Resu
     );
     let mut load = connect(env, count, 0).await?;
     let publisher = env.publisher(true).await?;
-    let before = match &env.redis {
-        Some(url) => Some(command_counts(url).await?),
+    let info = match &env.redis {
+        Some(url) => {
+            let client = info_client(url).await?;
+            let before = command_counts(&client).await?;
+            Some((client, before))
+        }
         None => None,
     };
     let meter = load.meter(env);
@@ -539,8 +555,9 @@ pub(crate) async fn storm(env: &Env, count: u64, down: Duration) -> anyhow::Resu
         last.saturating_sub(reconnect_start) as f64 / 1000.0,
         "ms",
     );
-    if let (Some(url), Some(before)) = (&env.redis, before) {
-        let after = command_counts(url).await?;
+    if let Some((client, before)) = info {
+        let after = command_counts(&client).await?;
+        let _ = client.quit().await;
         out.metric(
             "SUBSCRIBE commands",
             diff(&after, &before, &["subscribe", "ssubscribe", "psubscribe"]) as f64,

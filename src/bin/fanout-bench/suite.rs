@@ -52,6 +52,19 @@ struct Deployed {
 }
 
 impl SuiteArgs {
+    /// Refuses `--only` names this command does not know.
+    fn check_only(&self, known: &[&str]) -> anyhow::Result<()> {
+        for name in &self.only {
+            if !known.contains(&name.as_str()) {
+                anyhow::bail!(
+                    "--only: unknown scenario `{name}` (known: {})",
+                    known.join(", ")
+                );
+            }
+        }
+        Ok(())
+    }
+
     fn wants(&self, name: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|o| o == name)
     }
@@ -67,6 +80,11 @@ impl SuiteArgs {
             redis: redis.map(|r| r.url.clone()),
             prefix: "fanout".into(),
             via_redis: false,
+            broker: Some(if redis.is_some() {
+                "Redis"
+            } else {
+                "memory broker"
+            }),
             workers: self.load.workers,
             sources: self.load.sources,
             connect_concurrency: self.load.connect_concurrency,
@@ -198,7 +216,7 @@ async fn attempt(
     }
 }
 
-fn failed(outcomes: &[Outcome]) -> bool {
+pub(crate) fn failed(outcomes: &[Outcome]) -> bool {
     outcomes.iter().any(|o| {
         !o.errors.is_empty()
             || o.accounting
@@ -208,6 +226,15 @@ fn failed(outcomes: &[Outcome]) -> bool {
 }
 
 pub(crate) async fn suite(args: &SuiteArgs) -> anyhow::Result<ExitCode> {
+    args.check_only(&[
+        "idle",
+        "broadcast",
+        "broadcast-paced",
+        "broadcast-redis",
+        "steady",
+        "storm",
+        "publish-api",
+    ])?;
     let s = Sizes::new(args.quick);
     let goals = !args.quick;
     let mut out = Vec::new();
@@ -389,6 +416,7 @@ struct Ratio {
 }
 
 pub(crate) async fn compare(args: &SuiteArgs) -> anyhow::Result<ExitCode> {
+    args.check_only(&["idle", "broadcast", "steady", "storm", "publish-api"])?;
     let quick = args.quick;
     let redis = args.redis()?;
     let fanout_bin = find_bin(args.fanout_bin.as_deref(), "fanout");
