@@ -225,6 +225,130 @@ pub(crate) fn failed(outcomes: &[Outcome]) -> bool {
     })
 }
 
+/// What one run of the suite needs: a deployment, a scenario, its goals.
+struct Step {
+    /// The name `--only` selects it by (besides `also`).
+    name: &'static str,
+    also: &'static str,
+    label: &'static str,
+    nodes: usize,
+    redis: bool,
+    via_redis: bool,
+    run: Run,
+    goals: &'static [(&'static str, Goal)],
+}
+
+enum Run {
+    Idle,
+    Broadcast(BroadcastOpts),
+    Steady(SteadyOpts),
+    Storm,
+    PublishApi,
+}
+
+fn steps(s: &Sizes, quick: bool) -> Vec<Step> {
+    let broadcast = |connections, messages, rate| BroadcastOpts {
+        connections,
+        messages,
+        rate,
+        pad: 40,
+        to_all: false,
+        in_flight: 4,
+    };
+    vec![
+        Step {
+            name: "idle",
+            also: "idle",
+            label: "idle",
+            nodes: 1,
+            redis: false,
+            via_redis: false,
+            run: Run::Idle,
+            goals: &[
+                ("server RSS per connection", Goal::AtMost(5.0)),
+                ("server CPU per connection", Goal::AtMost(2.0)),
+            ],
+        },
+        Step {
+            name: "broadcast",
+            also: "broadcast",
+            label: "broadcast, back to back",
+            nodes: 1,
+            redis: false,
+            via_redis: false,
+            run: Run::Broadcast(broadcast(s.broadcast, s.burst, 0.0)),
+            goals: &[("deliveries/s", Goal::AtLeast(1_000_000.0))],
+        },
+        Step {
+            name: "broadcast",
+            also: "broadcast-paced",
+            label: "broadcast, paced",
+            nodes: 1,
+            redis: false,
+            via_redis: false,
+            run: Run::Broadcast(broadcast(s.broadcast, s.paced, s.paced_rate)),
+            goals: &[("latency p99", Goal::AtMost(50.0))],
+        },
+        Step {
+            name: "broadcast",
+            also: "broadcast-redis",
+            label: "broadcast through Redis",
+            nodes: 2,
+            redis: true,
+            via_redis: false,
+            run: Run::Broadcast(broadcast(2 * s.redis_per_node, s.redis_burst, 0.0)),
+            goals: &[("deliveries/s", Goal::AtLeast(500_000.0))],
+        },
+        Step {
+            name: "steady",
+            also: "steady",
+            label: "steady",
+            nodes: 1,
+            redis: true,
+            via_redis: true,
+            run: Run::Steady(SteadyOpts {
+                users: s.steady_users,
+                rate: s.steady_rate,
+                duration: s.steady_for,
+                group_percent: if quick { 20 } else { 0 },
+                group_size: 100,
+                pad: 40,
+                seed: 1,
+            }),
+            goals: &[
+                ("messages/s", Goal::AtLeast(30_000.0 * 0.99)),
+                ("latency p99", Goal::AtMost(20.0)),
+            ],
+        },
+        Step {
+            name: "storm",
+            also: "storm",
+            label: "storm",
+            nodes: 1,
+            redis: true,
+            via_redis: true,
+            run: Run::Storm,
+            goals: &[
+                ("all receiving again", Goal::AtMost(5000.0)),
+                ("SUBSCRIBE commands", Goal::AtMost(100.0)),
+            ],
+        },
+        Step {
+            name: "publish-api",
+            also: "publish-api",
+            label: "publish-api",
+            nodes: 1,
+            redis: false,
+            via_redis: false,
+            run: Run::PublishApi,
+            goals: &[
+                ("requests/s", Goal::AtLeast(20_000.0)),
+                ("request p99", Goal::AtMost(10.0)),
+            ],
+        },
+    ]
+}
+
 pub(crate) async fn suite(args: &SuiteArgs) -> anyhow::Result<ExitCode> {
     args.check_only(&[
         "idle",
@@ -236,150 +360,47 @@ pub(crate) async fn suite(args: &SuiteArgs) -> anyhow::Result<ExitCode> {
         "publish-api",
     ])?;
     let s = Sizes::new(args.quick);
-    let goals = !args.quick;
     let mut out = Vec::new();
-
-    if args.wants("idle") {
-        progress("idle");
-        let d = args.fanout(1, false)?;
-        let mut o = attempt(
-            "idle",
-            Target::Fanout,
-            scenario::idle(&d.env, s.idle, s.settle, s.window),
-        )
-        .await;
-        if goals {
-            o.goal("server RSS per connection", Goal::AtMost(5.0));
-            o.goal("server CPU per connection", Goal::AtMost(2.0));
+    for step in steps(&s, args.quick) {
+        if !args.wants(step.name) && !args.wants(step.also) {
+            continue;
         }
-        out.push(o);
-        drop(d);
-        pause(args.quick).await;
-    }
-    if args.wants("broadcast") {
-        progress("broadcast, back to back");
-        let d = args.fanout(1, false)?;
-        let opts = BroadcastOpts {
-            connections: s.broadcast,
-            messages: s.burst,
-            rate: 0.0,
-            pad: 40,
-            to_all: false,
-            in_flight: 4,
+        progress(step.label);
+        // Each run gets a fresh deployment, stopped (dropped) after it.
+        let mut d = args.fanout(step.nodes, step.redis)?;
+        d.env.via_redis = step.via_redis;
+        let env = &d.env;
+        let name = step.name;
+        let mut o = match step.run {
+            Run::Idle => {
+                attempt(
+                    name,
+                    Target::Fanout,
+                    scenario::idle(env, s.idle, s.settle, s.window),
+                )
+                .await
+            }
+            Run::Broadcast(opts) => {
+                attempt(name, Target::Fanout, scenario::broadcast(env, opts)).await
+            }
+            Run::Steady(opts) => attempt(name, Target::Fanout, scenario::steady(env, opts)).await,
+            Run::Storm => {
+                attempt(
+                    name,
+                    Target::Fanout,
+                    scenario::storm(env, s.storm, s.storm_down),
+                )
+                .await
+            }
+            Run::PublishApi => {
+                let run = scenario::publish_api(env, s.api_users, s.api_in_flight, s.api_for);
+                attempt(name, Target::Fanout, run).await
+            }
         };
-        let mut o = attempt(
-            "broadcast",
-            Target::Fanout,
-            scenario::broadcast(&d.env, opts),
-        )
-        .await;
-        if goals {
-            o.goal("deliveries/s", Goal::AtLeast(1_000_000.0));
-        }
-        out.push(o);
-        drop(d);
-        pause(args.quick).await;
-    }
-    if args.wants("broadcast") || args.wants("broadcast-paced") {
-        progress("broadcast, paced");
-        let d = args.fanout(1, false)?;
-        let opts = BroadcastOpts {
-            connections: s.broadcast,
-            messages: s.paced,
-            rate: s.paced_rate,
-            pad: 40,
-            to_all: false,
-            in_flight: 4,
-        };
-        let mut o = attempt(
-            "broadcast",
-            Target::Fanout,
-            scenario::broadcast(&d.env, opts),
-        )
-        .await;
-        if goals {
-            o.goal("latency p99", Goal::AtMost(50.0));
-        }
-        out.push(o);
-        drop(d);
-        pause(args.quick).await;
-    }
-    if args.wants("broadcast") || args.wants("broadcast-redis") {
-        progress("broadcast through Redis");
-        let d = args.fanout(2, true)?;
-        let opts = BroadcastOpts {
-            connections: 2 * s.redis_per_node,
-            messages: s.redis_burst,
-            rate: 0.0,
-            pad: 40,
-            to_all: false,
-            in_flight: 4,
-        };
-        let mut o = attempt(
-            "broadcast",
-            Target::Fanout,
-            scenario::broadcast(&d.env, opts),
-        )
-        .await;
-        if goals {
-            o.goal("deliveries/s", Goal::AtLeast(500_000.0));
-        }
-        out.push(o);
-        drop(d);
-        pause(args.quick).await;
-    }
-    if args.wants("steady") {
-        progress("steady");
-        let mut d = args.fanout(1, true)?;
-        d.env.via_redis = true;
-        let opts = SteadyOpts {
-            users: s.steady_users,
-            rate: s.steady_rate,
-            duration: s.steady_for,
-            group_percent: if args.quick { 20 } else { 0 },
-            group_size: 100,
-            pad: 40,
-            seed: 1,
-        };
-        let mut o = attempt("steady", Target::Fanout, scenario::steady(&d.env, opts)).await;
-        if goals {
-            o.goal("messages/s", Goal::AtLeast(30_000.0 * 0.99));
-            o.goal("latency p99", Goal::AtMost(20.0));
-        }
-        out.push(o);
-        drop(d);
-        pause(args.quick).await;
-    }
-    if args.wants("storm") {
-        progress("storm");
-        let mut d = args.fanout(1, true)?;
-        d.env.via_redis = true;
-        let mut o = attempt(
-            "storm",
-            Target::Fanout,
-            scenario::storm(&d.env, s.storm, s.storm_down),
-        )
-        .await;
-        if goals {
-            o.goal("all receiving again", Goal::AtMost(5000.0));
-            o.goal("SUBSCRIBE commands", Goal::AtMost(100.0));
-        }
-        out.push(o);
-        drop(d);
-        pause(args.quick).await;
-    }
-    if args.wants("publish-api") {
-        progress("publish-api");
-        let d = args.fanout(1, false)?;
-        let mut o = attempt(
-            "publish-api",
-            Target::Fanout,
-            scenario::publish_api(&d.env, s.api_users, s.api_in_flight, s.api_for),
-        )
-        .await;
-        if goals {
-            o.goal("requests/s", Goal::AtLeast(20_000.0));
-            o.goal("request p99", Goal::AtMost(10.0));
+        if !args.quick {
+            for (metric, goal) in step.goals {
+                o.goal(metric, *goal);
+            }
         }
         out.push(o);
         drop(d);
