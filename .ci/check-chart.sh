@@ -212,6 +212,16 @@ def fail(msg):
     errors += 1
     print(f"FAIL {msg}")
 
+def report(label, errs):
+    """One check: ok, or FAIL with each error beneath. Returns whether it passed."""
+    if errs:
+        fail(label)
+        for e in errs:
+            print(f"       {e}")
+        return False
+    print(f"ok   {label}")
+    return True
+
 # ---- schemas ------------------------------------------------------------
 schema_cache, defs_cache = {}, {}
 def schema_dir_for(kube):
@@ -479,25 +489,14 @@ for setname, kube, path in renders:
         else:
             errs += schema_errors(obj, schema, sdir, kube)
         errs += api_errors(obj)
-        if errs:
-            fail(f"{tag} {ident}")
-            for e in errs:
-                print(f"       {e}")
-        else:
-            print(f"ok   {tag} {ident} ({how})")
+        if report(f"{tag} {ident}" + ("" if errs else f" ({how})"), errs):
             good.append(obj)
         if obj["kind"] == "ConfigMap":
             rendered_env |= {k for k in (obj.get("data") or {}) if k.startswith("FANOUT_")}
         if obj["kind"] == "Deployment":
             for cc in obj["spec"]["template"]["spec"]["containers"]:
                 rendered_env |= {e["name"] for e in cc.get("env", []) if e["name"].startswith("FANOUT_")}
-    ce = chart_errors(setname, good)
-    if ce:
-        fail(f"{tag} chart invariants")
-        for e in ce:
-            print(f"       {e}")
-    else:
-        print(f"ok   {tag} chart invariants")
+    report(f"{tag} chart invariants", chart_errors(setname, good))
 
 # ---- consistency with the repo -------------------------------------------------------
 chart_meta = yaml.safe_load(open(os.path.join(chart, "Chart.yaml")))

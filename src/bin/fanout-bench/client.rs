@@ -77,7 +77,7 @@ impl Shared {
     }
 
     /// Starts counting the outcomes of `expected` connection attempts.
-    pub(crate) fn expect(&self, expected: u64) {
+    pub(crate) fn count_attempts(&self, expected: u64) {
         let now = Instant::now();
         *self.outcomes.lock() = Tally {
             expected,

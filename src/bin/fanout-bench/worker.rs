@@ -27,7 +27,7 @@ pub(crate) async fn run() -> anyhow::Result<()> {
         let cmd: Command = serde_json::from_str(&line).context("parsing a command")?;
         let event = match cmd {
             Command::Connect(plan) => {
-                shared.expect(plan.count);
+                shared.count_attempts(plan.count);
                 let gate = Arc::new(Semaphore::new(plan.concurrency.max(1)));
                 for index in plan.first..plan.first + plan.count {
                     match Spec::new(&plan, index) {
@@ -50,7 +50,7 @@ pub(crate) async fn run() -> anyhow::Result<()> {
                 Event::Report(shared.recorder.report(shared.open.load(Ordering::Relaxed)))
             }
             Command::Storm { down_ms } => {
-                shared.expect(shared.open.load(Ordering::Relaxed));
+                shared.count_attempts(shared.open.load(Ordering::Relaxed));
                 shared.signal.send_modify(|s| {
                     s.generation += 1;
                     s.down_ms = down_ms;
