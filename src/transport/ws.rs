@@ -434,7 +434,7 @@ impl Conn {
             heartbeat: self.state.cfg.heartbeat.as_secs(),
         });
         if self
-            .write_with_timeout(vec![text(welcome)], true)
+            .write_with_timeout([text(welcome)], true)
             .await
             .is_err()
         {
@@ -511,11 +511,8 @@ impl Conn {
                 .iter()
                 .find(|f| f.ts_ms > 0)
                 .map_or(0, |f| f.ts_ms);
-            let frames = batch
-                .frames
-                .into_iter()
-                .map(|f| Message::Text(f.text))
-                .collect();
+            // Fed straight from the queue: no list of messages per write.
+            let frames = batch.frames.into_iter().map(|f| Message::Text(f.text));
             if let Err(step) = self.write_with_timeout(frames, abort_on_close).await {
                 return step;
             }
@@ -536,11 +533,12 @@ impl Conn {
     /// meanwhile (a slow consumer is not waited for).
     async fn write_with_timeout(
         &mut self,
-        frames: Vec<Message>,
+        frames: impl IntoIterator<Item = Message>,
         abort_on_close: bool,
     ) -> Result<(), Step> {
         let write_timeout = self.state.cfg.write_timeout;
-        let session = self.session.clone();
+        // Borrowed, not cloned: this runs once per socket write.
+        let session = &self.session;
         let socket = &mut self.socket;
         let write = async {
             for f in frames {
@@ -565,15 +563,15 @@ impl Conn {
             r = timeout(write_timeout, write) => match r {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => {
-                    tracing::debug!(conn = self.session.id(), error = %e, "write failed");
+                    tracing::debug!(conn = session.id(), error = %e, "write failed");
                     Err(Step::Gone)
                 }
                 Err(_) => {
-                    tracing::debug!(conn = self.session.id(), "write timed out");
+                    tracing::debug!(conn = session.id(), "write timed out");
                     Err(Step::Close(CloseReason::WriteError))
                 }
             },
-            () = closed => Err(match self.session.take().close {
+            () = closed => Err(match session.take().close {
                 Some(reason) => Step::Close(reason),
                 None => Step::Continue,
             }),
@@ -599,7 +597,7 @@ impl Conn {
         if now >= self.next_ping {
             self.next_ping = ping_slot(now + self.state.cfg.heartbeat, self.state.cfg.heartbeat);
             if let Err(step) = self
-                .write_with_timeout(vec![Message::Ping(Default::default())], true)
+                .write_with_timeout([Message::Ping(Default::default())], true)
                 .await
             {
                 return step;
