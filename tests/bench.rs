@@ -73,7 +73,9 @@ fn the_suite_runs_every_scenario_and_accounts_for_every_message() {
     if !support::redis::available() {
         return;
     }
-    let (ok, json) = run_quick(&["suite"]);
+    // Two worker processes, so the split of connections between them is
+    // exercised too.
+    let (ok, json) = run_quick(&["suite", "--workers", "2"]);
     let results = json["results"].as_array().unwrap();
     let names: Vec<&str> = results
         .iter()

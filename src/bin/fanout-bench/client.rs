@@ -381,3 +381,37 @@ async fn read_loop(
     // Dropping the stream closes the socket with no close handshake.
     Ended::Dropped(s.down_ms)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(url: &str) -> ConnectPlan {
+        ConnectPlan {
+            target: Target::Socketio,
+            urls: vec![url.into()],
+            sources: vec!["127.0.0.2".into(), "127.0.0.3".into()],
+            first: 0,
+            count: 3,
+            group_size: 2,
+            secret: String::new(),
+            concurrency: 1,
+            connect_timeout_ms: 1000,
+        }
+    }
+
+    /// Connections take the loopback source addresses in turn, towards a
+    /// loopback node only; users and groups follow the index.
+    #[test]
+    fn connections_spread_over_source_addresses() {
+        let p = plan("ws://127.0.0.1:8080");
+        let specs: Vec<Spec> = (0..3).map(|i| Spec::new(&p, i).unwrap()).collect();
+        let srcs: Vec<String> = specs.iter().map(|s| s.src.to_string()).collect();
+        assert_eq!(srcs, ["127.0.0.2", "127.0.0.3", "127.0.0.2"]);
+        assert_eq!(specs[2].uid, "u2");
+        assert_eq!(specs[2].group.as_deref(), Some("g1"));
+        let remote = Spec::new(&plan("ws://10.1.2.3:8080"), 0).unwrap();
+        assert_eq!(remote.src.to_string(), "0.0.0.0");
+        assert!(Spec::new(&plan("http://127.0.0.1:8080"), 0).is_err());
+    }
+}

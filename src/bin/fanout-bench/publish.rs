@@ -154,12 +154,18 @@ pub(crate) enum Dest {
 
 #[derive(Debug)]
 pub(crate) enum Publisher {
-    /// `POST /api/publish` on the nodes, round robin.
-    FanoutApi(Vec<HttpPool>),
-    /// `POST /publish` on the Socket.IO nodes, round robin.
-    SocketIo(Vec<HttpPool>),
+    /// One HTTP request per message.
+    Http(Arc<HttpPublisher>),
     /// `PUBLISH <prefix>:user:<uid>` straight to Redis, pipelined.
     Redis(RedisTarget),
+}
+
+/// Publish endpoints of the nodes, used round robin: fanout's
+/// `POST /api/publish`, or the Socket.IO peer's `POST /publish`.
+#[derive(Debug)]
+pub(crate) struct HttpPublisher {
+    target: Target,
+    pools: Vec<HttpPool>,
 }
 
 /// Where to PUBLISH: one connection, commands written in batches, replies
@@ -237,20 +243,15 @@ fn resp_command(buf: &mut Vec<u8>, parts: &[&[u8]]) {
 
 impl Publisher {
     pub(crate) fn http(target: Target, nodes: &[SocketAddr], api_key: &str) -> Self {
-        match target {
-            Target::Fanout => Self::FanoutApi(
-                nodes
-                    .iter()
-                    .map(|a| HttpPool::new(*a, "POST", "/api/publish", Some(api_key)))
-                    .collect(),
-            ),
-            Target::Socketio => Self::SocketIo(
-                nodes
-                    .iter()
-                    .map(|a| HttpPool::new(*a, "POST", "/publish", None))
-                    .collect(),
-            ),
-        }
+        let (path, key) = match target {
+            Target::Fanout => ("/api/publish", Some(api_key)),
+            Target::Socketio => ("/publish", None),
+        };
+        let pools = nodes
+            .iter()
+            .map(|a| HttpPool::new(*a, "POST", path, key))
+            .collect();
+        Self::Http(Arc::new(HttpPublisher { target, pools }))
     }
 
     pub(crate) async fn redis(url: &str, prefix: &str) -> anyhow::Result<Self> {
@@ -262,17 +263,20 @@ impl Publisher {
 
     pub(crate) fn via(&self) -> &'static str {
         match self {
-            Self::FanoutApi(_) => "POST /api/publish",
-            Self::SocketIo(_) => "POST /publish",
+            Self::Http(h) if h.target == Target::Fanout => "POST /api/publish",
+            Self::Http(_) => "POST /publish",
             Self::Redis(_) => "Redis PUBLISH",
         }
     }
+}
 
-    /// Publishes `payload` (a JSON object) to `dest`; `n` spreads HTTP
+impl HttpPublisher {
+    /// Publishes `payload` (a JSON object) to `dest`; `n` spreads the
     /// requests over the nodes.
-    pub(crate) async fn publish(&self, n: u64, dest: Dest, payload: &str) -> Result<(), String> {
-        match self {
-            Self::FanoutApi(pools) => {
+    async fn publish(&self, n: u64, dest: Dest, payload: &str) -> Result<(), String> {
+        let pools = &self.pools;
+        match self.target {
+            Target::Fanout => {
                 let to = match dest {
                     Dest::User(i) => format!(r#"{{"users":["{}"]}}"#, uid(i)),
                     Dest::Group(g) => format!(r#"{{"groups":["g{g}"]}}"#),
@@ -281,7 +285,7 @@ impl Publisher {
                 let body = format!(r#"{{"to":{to},"event":"bench","data":{payload}}}"#);
                 expect_ok(pick(pools, n).send(body.as_bytes()).await?)
             }
-            Self::SocketIo(pools) => {
+            Target::Socketio => {
                 let to = match dest {
                     Dest::User(i) => format!(r#""to":"{}","#, uid(i)),
                     Dest::Group(g) => format!(r#""room":"g{g}","#),
@@ -290,7 +294,6 @@ impl Publisher {
                 let body = format!(r#"{{{to}"event":"new_msg","content":{payload}}}"#);
                 expect_ok(pick(pools, n).send(body.as_bytes()).await?)
             }
-            Self::Redis(_) => Err("Redis publishes go through the pipelined driver".into()),
         }
     }
 }
@@ -353,9 +356,10 @@ pub(crate) async fn drive(
     plan: Drive,
     dest_of: impl Fn(u64) -> Dest,
 ) -> Sent {
-    if let Publisher::Redis(target) = &*publisher {
-        return drive_pipelined(target, plan, dest_of).await;
-    }
+    let publisher = match &*publisher {
+        Publisher::Redis(target) => return drive_pipelined(target, plan, dest_of).await,
+        Publisher::Http(h) => h.clone(),
+    };
     let state = Arc::new(DriveState {
         failed: AtomicU64::new(0),
         errors: Mutex::new(Vec::new()),
