@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 pub use crate::ids::unix_now;
-use crate::protocol::is_valid_name;
+use crate::protocol::{NAME_RULE, is_valid_name};
 
 /// The JWT signature algorithms fanout accepts (one at a time).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -73,7 +73,7 @@ pub enum AuthError {
     Expired,
     #[error("token is not valid: {0}")]
     InvalidToken(&'static str),
-    #[error("the token's `sub` must be a uid of 1-128 characters of A-Za-z0-9_.:@=+/-")]
+    #[error("the token's `sub` must be a uid of {NAME_RULE}")]
     InvalidSubject,
     #[error("the JWT key cannot be used: {0}")]
     BadKey(String),

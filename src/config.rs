@@ -423,7 +423,7 @@ impl Config {
         if let Some(id) = &self.node_id {
             need(
                 crate::protocol::is_valid_name(id),
-                format!("{ENV_NODE_ID} must be 1-128 characters of A-Za-z0-9_.:@=+/-"),
+                format!("{ENV_NODE_ID} must be {}", crate::protocol::NAME_RULE),
             );
         }
         if problems.is_empty() {

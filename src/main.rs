@@ -14,7 +14,7 @@ use fanout::{
     auth::{Authenticator, JwtAlgorithm, JwtKey},
     config::{Cli, Command, Config, ENV_JWT_SECRET, LogFormat, TokenArgs},
     dev,
-    protocol::is_valid_name,
+    protocol::{NAME_RULE, is_valid_name},
     shutdown::Shutdown,
 };
 use tracing_subscriber::EnvFilter;
@@ -117,7 +117,7 @@ fn token(args: &TokenArgs) -> ExitCode {
         ));
     };
     if !is_valid_name(&args.sub) {
-        return usage_error("--sub must be 1-128 characters of A-Za-z0-9_.:@=+/-");
+        return usage_error(format!("--sub must be {NAME_RULE}"));
     }
     let auth = match Authenticator::new(
         JwtAlgorithm::Hs256,

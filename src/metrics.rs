@@ -224,7 +224,7 @@ fn register_zeroes() {
         .into_iter()
         .filter(|r| *r != CloseReason::Unauthorized)
     {
-        counter!(DISCONNECTS, "reason" => r.as_str(), "code" => close_code(r)).absolute(0);
+        counter!(DISCONNECTS, "reason" => r.as_str(), "code" => r.code_str()).absolute(0);
     }
     for reason in ["client_closed", "connection_lost"] {
         counter!(DISCONNECTS, "reason" => reason, "code" => "none").absolute(0);
@@ -273,23 +273,6 @@ pub fn connection_closed(reason: &'static str, code: &'static str) {
 /// A connection refused before it was registered.
 pub fn connection_rejected(reason: &'static str) {
     counter!(CONNECTIONS_REJECTED, "reason" => reason).increment(1);
-}
-
-/// The close code label for a reason fanout closed with.
-pub fn close_code(reason: CloseReason) -> &'static str {
-    match reason.code() {
-        3001 => "3001",
-        3004 => "3004",
-        3005 => "3005",
-        3008 => "3008",
-        3009 => "3009",
-        3012 => "3012",
-        3500 => "3500",
-        3501 => "3501",
-        3503 => "3503",
-        1009 => "1009",
-        _ => "other",
-    }
 }
 
 pub fn users_online(delta: f64) {

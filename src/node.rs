@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     broker::{AnyBroker, Broker, BrokerError, BrokerEvent, Command, Counts, Envelope},
     hub::{Added, Hub, Removed},
-    ids::{jitter_ms, message_id},
+    ids::message_id,
     metrics,
     protocol::{self, Channel, ChannelKind, CloseReason, Publication},
     session::Session,
@@ -638,7 +638,6 @@ impl Node {
         if n == 0 {
             return;
         }
-        let window_ms = window.as_millis().min(u128::from(u64::MAX)) as u64;
         let mut rate = (n as f64 / window.as_secs_f64().max(0.001)).max(DRAIN_MIN_RATE);
         if max_rate > 0 {
             rate = rate.min(f64::from(max_rate));
@@ -659,9 +658,7 @@ impl Node {
                 (((now - started).as_secs_f64() * rate) as usize + 1).min(n)
             };
             for s in &sessions[closed..due] {
-                s.close(CloseReason::Shutdown {
-                    retry_after_ms: jitter_ms(0, window_ms),
-                });
+                s.close(CloseReason::drained(window));
             }
             closed = due;
             if closed < n {

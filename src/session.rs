@@ -117,9 +117,7 @@ impl Session {
                 return Err(PushError::Closed);
             }
             if q.bytes > 0 && q.bytes + frame.len() > self.inner.max_queue_bytes {
-                q.close = Some(CloseReason::SlowConsumer {
-                    retry_after_ms: crate::ids::jitter_ms(1_000, 5_000),
-                });
+                q.close = Some(CloseReason::slow_consumer());
                 // The slow client will not read what is queued in time; drop
                 // it so its memory is released now.
                 let dropped = q.frames.len() + 1;

@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 use super::error::ApiError;
 use crate::{
     node::Targets,
-    protocol::{self, is_valid_event, is_valid_name},
+    protocol::{self, NAME_RULE, is_valid_event, is_valid_name},
     state::AppState,
 };
 
@@ -95,7 +95,7 @@ fn names(list: Vec<String>, code: &'static str, what: &str) -> Result<Vec<String
             let shown: String = name.chars().take(64).collect();
             return Err(ApiError::bad_request(
                 code,
-                format!("invalid {what} `{shown}`: 1-128 characters of A-Za-z0-9_.:@=+/-"),
+                format!("invalid {what} `{shown}`: {NAME_RULE}"),
             ));
         }
         if seen.insert(name.clone()) {

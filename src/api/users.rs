@@ -9,7 +9,11 @@ use axum::{
 use serde_json::{Value, json};
 
 use super::error::ApiError;
-use crate::{broker::Command, protocol::is_valid_name, state::AppState};
+use crate::{
+    broker::Command,
+    protocol::{NAME_RULE, is_valid_name},
+    state::AppState,
+};
 
 fn uid_of(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     let Path(uid) = path.map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))?;
@@ -23,7 +27,7 @@ fn check(name: &str, code: &'static str, what: &str) -> Result<(), ApiError> {
     } else {
         Err(ApiError::bad_request(
             code,
-            format!("invalid {what}: 1-128 characters of A-Za-z0-9_.:@=+/-"),
+            format!("invalid {what}: {NAME_RULE}"),
         ))
     }
 }

@@ -192,10 +192,12 @@ async fn run(mut socket: WebSocket, state: AppState, creds: Option<Credentials>)
                     "the message broker is unavailable; reconnect later",
                 )))
                 .await;
-            let reason = CloseReason::Unavailable {
-                retry_after_ms: jitter_ms(1_000, 5_000),
-            };
-            finish(&mut socket, reason, state.cfg.write_timeout).await;
+            finish(
+                &mut socket,
+                CloseReason::unavailable(),
+                state.cfg.write_timeout,
+            )
+            .await;
             return;
         }
     };
@@ -205,7 +207,7 @@ async fn run(mut socket: WebSocket, state: AppState, creds: Option<Credentials>)
     let ended = match conn.serve().await {
         Some(reason) => {
             finish(&mut conn.socket, reason, write_timeout).await;
-            (reason.as_str(), metrics::close_code(reason))
+            (reason.as_str(), reason.code_str())
         }
         // The client closed: send the close reply tungstenite has queued.
         None => {
@@ -236,7 +238,7 @@ async fn authenticate(
     let (error, reason) = loop {
         let msg = tokio::select! {
             () = state.shutdown.token().cancelled() => {
-                return Err(CloseReason::Shutdown { retry_after_ms: jitter_ms(0, 5_000) });
+                return Err(CloseReason::shutdown());
             }
             () = sleep_until(deadline) => break fail(
                 ErrorCode::AuthTimeout,
@@ -441,9 +443,7 @@ impl Conn {
             return None;
         }
         if self.state.shutdown.is_triggered() {
-            return Some(CloseReason::Shutdown {
-                retry_after_ms: jitter_ms(0, 5_000),
-            });
+            return Some(CloseReason::shutdown());
         }
         let mut expiry = self.expiry();
         // One timer for the connection's life. Frames from the client only

@@ -1,0 +1,74 @@
+//! The codes of `error` frames (and of the API errors that share them),
+//! and a refused client frame.
+
+use std::borrow::Cow;
+
+use super::server_frame::error_frame;
+
+/// The `code` of an `error` frame (and of API errors that share it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    InvalidJson,
+    InvalidFrame,
+    UnknownType,
+    BinaryNotSupported,
+    InvalidGroup,
+    InvalidEvent,
+    Forbidden,
+    TooManyGroups,
+    InvalidToken,
+    TokenExpired,
+    SubMismatch,
+    AuthRequired,
+    AuthTimeout,
+    AlreadyAuthenticated,
+    BrokerUnavailable,
+    MessageTooBig,
+    TooManyErrors,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidJson => "invalid_json",
+            Self::InvalidFrame => "invalid_frame",
+            Self::UnknownType => "unknown_type",
+            Self::BinaryNotSupported => "binary_not_supported",
+            Self::InvalidGroup => "invalid_group",
+            Self::InvalidEvent => "invalid_event",
+            Self::Forbidden => "forbidden",
+            Self::TooManyGroups => "too_many_groups",
+            Self::InvalidToken => "invalid_token",
+            Self::TokenExpired => "token_expired",
+            Self::SubMismatch => "sub_mismatch",
+            Self::AuthRequired => "auth_required",
+            Self::AuthTimeout => "auth_timeout",
+            Self::AlreadyAuthenticated => "already_authenticated",
+            Self::BrokerUnavailable => "broker_unavailable",
+            Self::MessageTooBig => "message_too_big",
+            Self::TooManyErrors => "too_many_errors",
+        }
+    }
+}
+
+/// A refused client frame: the reply is an `error` frame echoing `id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameError {
+    pub id: Option<i64>,
+    pub code: ErrorCode,
+    pub message: Cow<'static, str>,
+}
+
+impl FrameError {
+    pub fn new(id: Option<i64>, code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            id,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn frame(&self) -> String {
+        error_frame(self.id, self.code, &self.message)
+    }
+}
