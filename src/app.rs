@@ -15,13 +15,71 @@ use crate::{
         memory::MemoryBus,
         redis::{RedisBroker, RedisOptions},
     },
-    config::Config,
+    config::{Config, ConfigError},
     ids::random_id,
     metrics,
     node::{Node, NodeOptions},
     shutdown::{self, Shutdown},
     state::AppState,
 };
+
+/// A gateway's validated configuration and what is derived from it once,
+/// at start-up: the node id, the authenticator (a key file is read here,
+/// once) and the Redis settings. Building it is where every configuration
+/// problem is found, so `main` can report them all and exit 64.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    cfg: Arc<Config>,
+    auth: Arc<Authenticator>,
+    node_id: String,
+    redis: Option<RedisOptions>,
+}
+
+impl Settings {
+    /// Validates `cfg` (with `--dev` secrets already filled in) and builds
+    /// what the gateway needs from it, reporting every problem at once.
+    pub fn from_config(cfg: Config) -> Result<Self, ConfigError> {
+        let mut problems = cfg.problems();
+        let node_id = cfg.node_id.clone().unwrap_or_else(|| random_id(8));
+        let redis = RedisOptions::from_config(&cfg, &node_id).unwrap_or_else(|p| {
+            problems.push(p);
+            None
+        });
+        let auth = match cfg.jwt_key() {
+            Ok(key) => Authenticator::new(
+                cfg.jwt_algorithm,
+                &key,
+                cfg.jwt_issuer.clone(),
+                cfg.jwt_audience.clone(),
+                &cfg.api_keys,
+            )
+            .map_err(|e| format!("FANOUT_JWT_PUBLIC_KEY / FANOUT_JWT_SECRET: {e}")),
+            Err(e) => Err(e.problems.join("; ")),
+        };
+        let auth = match auth {
+            Ok(auth) if problems.is_empty() => auth,
+            Ok(_) => return Err(ConfigError { problems }),
+            Err(p) => {
+                problems.push(p);
+                return Err(ConfigError { problems });
+            }
+        };
+        Ok(Self {
+            cfg: Arc::new(cfg),
+            auth: Arc::new(auth),
+            node_id,
+            redis,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn auth(&self) -> &Authenticator {
+        &self.auth
+    }
+}
 
 /// A running gateway: its bound address and the handles to stop it.
 #[derive(Debug)]
@@ -38,40 +96,28 @@ pub struct App {
     background_stop: CancellationToken,
 }
 
-/// Starts a gateway on `cfg.listen` (port 0 picks a free port). `cfg` must
-/// have passed [`Config::validate`].
-pub async fn spawn(cfg: Config, shutdown: Shutdown) -> anyhow::Result<App> {
-    let key = cfg.jwt_key()?;
-    let auth = Authenticator::new(
-        cfg.jwt_algorithm,
-        &key,
-        cfg.jwt_issuer.clone(),
-        cfg.jwt_audience.clone(),
-        &cfg.api_keys,
-    )
-    .context("loading the JWT key")?;
+/// Starts a gateway on `settings.config().listen` (port 0 picks a free
+/// port).
+pub async fn spawn(settings: Settings, shutdown: Shutdown) -> anyhow::Result<App> {
+    let Settings {
+        cfg,
+        auth,
+        node_id,
+        redis,
+    } = settings;
     let metrics = metrics::install();
     // Broker and dispatch tasks run until the connections are drained,
     // which the shutdown token alone would cut short.
     let background = TaskTracker::new();
     let background_stop = CancellationToken::new();
-    let node_id = cfg.node_id.clone().unwrap_or_else(|| random_id(8));
     let (events_tx, events_rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
-    let (broker, linger) = match cfg.redis_config()? {
+    let (broker, linger) = match redis {
         None => (
             AnyBroker::Memory(MemoryBus::new().broker(events_tx)),
             // Subscribing in-process costs nothing: no linger needed.
             Duration::ZERO,
         ),
-        Some(redis) => {
-            let opts = RedisOptions {
-                config: redis,
-                prefix: cfg.redis_prefix.clone(),
-                node_id: node_id.clone(),
-                pubsub_connections: cfg.redis_pubsub_connections,
-                command_timeout: cfg.redis_timeout,
-                probe_interval: cfg.redis_probe_interval,
-            };
+        Some(opts) => {
             let broker = RedisBroker::connect(opts, events_tx, &background)
                 .await
                 .context("connecting to Redis")?;
@@ -102,8 +148,8 @@ pub async fn spawn(cfg: Config, shutdown: Shutdown) -> anyhow::Result<App> {
     let addr = listener.local_addr().context("reading the bound address")?;
     let state = AppState {
         node,
-        auth: Arc::new(auth),
-        cfg: Arc::new(cfg),
+        auth,
+        cfg,
         shutdown: shutdown.clone(),
     };
     let router = api::router(state.clone());

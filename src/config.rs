@@ -331,7 +331,20 @@ pub struct ConfigError {
 impl Config {
     /// Checks cross-field rules and required secrets, reporting every
     /// problem at once. `--dev` must have filled in generated secrets first.
+    /// (The Redis settings and the JWT key are checked where they are
+    /// built, by `app::Settings::from_config`, which reports them with
+    /// these.)
     pub fn validate(self) -> Result<Self, ConfigError> {
+        let problems = self.problems();
+        if problems.is_empty() {
+            Ok(self)
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    /// Every problem [`Config::validate`] reports.
+    pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
         let mut need = |ok: bool, msg: String| {
             if !ok {
@@ -413,24 +426,13 @@ impl Config {
                     .all(|b| b.is_ascii_alphanumeric() || b"_.-{}".contains(&b)),
             format!("{ENV_REDIS_PREFIX} must be 1-64 characters of A-Za-z0-9_.-{{}}"),
         );
-        let redis_problem = self.redis_config().err();
-        need(
-            redis_problem.is_none(),
-            redis_problem
-                .map(|e| e.problems.join("; "))
-                .unwrap_or_default(),
-        );
         if let Some(id) = &self.node_id {
             need(
                 crate::protocol::is_valid_name(id),
                 format!("{ENV_NODE_ID} must be {}", crate::protocol::NAME_RULE),
             );
         }
-        if problems.is_empty() {
-            Ok(self)
-        } else {
-            Err(ConfigError { problems })
-        }
+        problems
     }
 
     /// The key that verifies client tokens, as configured.
@@ -453,74 +455,6 @@ impl Config {
                 }
             }
         }
-    }
-
-    /// The Redis connection settings, or `None` for the in-process broker.
-    pub fn redis_config(&self) -> Result<Option<fred::types::config::Config>, ConfigError> {
-        use fred::types::config::{ClusterDiscoveryPolicy, Config as Redis, Server, ServerConfig};
-        let fail = |msg: String| ConfigError {
-            problems: vec![msg],
-        };
-        const SCHEMES: [&str; 8] = [
-            "redis://",
-            "rediss://",
-            "redis-cluster://",
-            "rediss-cluster://",
-            "redis-sentinel://",
-            "rediss-sentinel://",
-            "valkey://",
-            "valkeys://",
-        ];
-        if let Some(url) = &self.redis_url {
-            if !SCHEMES.iter().any(|s| url.starts_with(s)) {
-                return Err(fail(format!(
-                    "{ENV_REDIS_URL} must start with one of: {}",
-                    SCHEMES.join(", ")
-                )));
-            }
-        }
-        let base = match &self.redis_url {
-            Some(url) => Some(
-                Redis::from_url(url)
-                    .map_err(|e| fail(format!("{ENV_REDIS_URL}: not a Redis URL ({e})")))?,
-            ),
-            None => None,
-        };
-        if !self.redis_sentinel.is_empty() {
-            let mut hosts = Vec::new();
-            for addr in &self.redis_sentinel {
-                let (host, port) = addr
-                    .rsplit_once(':')
-                    .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
-                    .ok_or_else(|| {
-                        fail(format!("{ENV_REDIS_SENTINEL}: `{addr}` is not host:port"))
-                    })?;
-                hosts.push(Server::new(host, port));
-            }
-            let mut cfg = base.unwrap_or_default();
-            cfg.server = ServerConfig::Sentinel {
-                hosts,
-                service_name: self.redis_sentinel_master.clone(),
-                username: cfg.username.clone(),
-                password: cfg.password.clone(),
-            };
-            return Ok(Some(cfg));
-        }
-        let Some(mut cfg) = base else {
-            if self.redis_cluster {
-                return Err(fail(format!("{ENV_REDIS_CLUSTER} needs {ENV_REDIS_URL}")));
-            }
-            return Ok(None);
-        };
-        if self.redis_cluster {
-            if let ServerConfig::Centralized { server } = &cfg.server {
-                cfg.server = ServerConfig::Clustered {
-                    hosts: vec![server.clone()],
-                    policy: ClusterDiscoveryPolicy::default(),
-                };
-            }
-        }
-        Ok(Some(cfg))
     }
 
     /// True when `allowed_origins` contains `*`.

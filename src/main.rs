@@ -56,25 +56,12 @@ fn serve(mut cfg: Config) -> ExitCode {
     } else {
         Vec::new()
     };
-    let cfg = match cfg.validate() {
-        Ok(cfg) => cfg,
+    // Every configuration problem, a bad key or Redis URL included, is a
+    // usage error (exit 64).
+    let settings = match app::Settings::from_config(cfg) {
+        Ok(s) => s,
         Err(e) => return usage_error(e),
     };
-    // A key that cannot be used is a configuration error too (exit 64).
-    match cfg.jwt_key() {
-        Ok(key) => {
-            if let Err(e) = Authenticator::new(
-                cfg.jwt_algorithm,
-                &key,
-                cfg.jwt_issuer.clone(),
-                cfg.jwt_audience.clone(),
-                &cfg.api_keys,
-            ) {
-                return usage_error(format!("FANOUT_JWT_PUBLIC_KEY / FANOUT_JWT_SECRET: {e}"));
-            }
-        }
-        Err(e) => return usage_error(e),
-    }
     for note in dev_notes {
         tracing::warn!("{note}");
     }
@@ -89,9 +76,9 @@ fn serve(mut cfg: Config) -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let dev_mode = cfg.dev;
-        let banner_cfg = cfg.clone();
-        let app = match app::spawn(cfg, Shutdown::new()).await {
+        let dev_mode = settings.config().dev;
+        let banner_cfg = settings.config().clone();
+        let app = match app::spawn(settings, Shutdown::new()).await {
             Ok(app) => app,
             Err(e) => {
                 eprintln!("fanout: {e:#}");

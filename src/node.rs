@@ -31,7 +31,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    broker::{AnyBroker, Broker, BrokerError, BrokerEvent, Command, Counts, Envelope},
+    broker::{AnyBroker, Broker, BrokerError, BrokerEvent, Command, Counts, Envelope, Health},
     hub::{Added, Hub, Removed},
     ids::message_id,
     metrics,
@@ -665,6 +665,11 @@ impl Node {
                 tokio::time::sleep(DRAIN_TICK).await;
             }
         }
+    }
+
+    /// Whether the broker can send and receive right now (`/readyz`).
+    pub fn health(&self) -> Health {
+        self.inner.broker.health()
     }
 
     /// Closes the broker (after the drain). Idempotent.

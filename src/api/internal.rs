@@ -12,7 +12,7 @@ use axum::{
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
-use crate::{broker::AnyBroker, state::AppState};
+use crate::state::AppState;
 
 #[derive(Debug, Clone)]
 struct Internal {
@@ -51,14 +51,12 @@ async fn ready(State(s): State<Internal>) -> Response {
     if s.app.shutdown.is_triggered() {
         return not_ready("draining");
     }
-    if let AnyBroker::Redis(redis) = s.app.node.broker() {
-        let health = redis.health();
-        if !health.connected {
-            return not_ready("redis_disconnected");
-        }
-        if !health.probe_ok {
-            return not_ready("pubsub_probe_failing");
-        }
+    let health = s.app.node.health();
+    if !health.connected {
+        return not_ready("redis_disconnected");
+    }
+    if !health.probe_ok {
+        return not_ready("pubsub_probe_failing");
     }
     Json(json!({"status": "ready"})).into_response()
 }

@@ -74,6 +74,22 @@ pub struct BrokerEvent {
     pub envelope: Envelope,
 }
 
+/// Is the broker able to send and receive right now? (`/readyz`)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Health {
+    /// Every connection (publisher and subscribers) is connected.
+    pub connected: bool,
+    /// The last probe went through every subscriber connection.
+    pub probe_ok: bool,
+}
+
+impl Health {
+    pub const OK: Self = Self {
+        connected: true,
+        probe_ok: true,
+    };
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BrokerError {
     #[error("broker unavailable: {0}")]
@@ -109,6 +125,13 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Drops every subscription and stops delivering. Idempotent.
     fn close(&self) -> impl Future<Output = ()> + Send;
+
+    /// Whether the broker can send and receive right now; cheap, never
+    /// waits. A broker with nothing that can fail (in-process) is always
+    /// healthy.
+    fn health(&self) -> Health {
+        Health::OK
+    }
 }
 
 /// The broker a node runs with, chosen once at startup. An enum rather
@@ -146,6 +169,13 @@ impl Broker for AnyBroker {
         match self {
             Self::Memory(b) => b.close().await,
             Self::Redis(b) => b.close().await,
+        }
+    }
+
+    fn health(&self) -> Health {
+        match self {
+            Self::Memory(b) => b.health(),
+            Self::Redis(b) => b.health(),
         }
     }
 }

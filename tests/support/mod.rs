@@ -92,9 +92,9 @@ impl TestServer {
     pub async fn with(change: impl FnOnce(&mut Config)) -> Self {
         let mut cfg = config();
         change(&mut cfg);
-        let cfg = cfg.validate().expect("test config is valid");
+        let settings = app::Settings::from_config(cfg.clone()).expect("test config is valid");
         let shutdown = Shutdown::new();
-        let app = app::spawn(cfg.clone(), shutdown.clone())
+        let app = app::spawn(settings, shutdown.clone())
             .await
             .expect("server starts");
         let auth = Authenticator::new(

@@ -1,0 +1,125 @@
+//! The SUBSCRIBE/UNSUBSCRIBE batcher: one task gathers (un)subscribe
+//! requests while they keep arriving, in a window that grows under load
+//! (up to [`BATCH_MAX_WAIT`]), and sends one command per connection (per
+//! hash slot on a cluster), so a reconnect storm of thousands of users
+//! costs a few commands per second.
+
+use std::{collections::HashMap, time::Duration};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::RedisBroker;
+use crate::broker::BrokerError;
+
+/// The batching window: how long a (un)subscribe request may wait to be
+/// sent with others. It starts at the minimum, doubles after each busy
+/// batch (a connection storm) up to the maximum, and halves after each quiet
+/// one, so a lone join waits a few milliseconds and a storm of thousands
+/// costs a few commands per second.
+const BATCH_MIN_WAIT: Duration = Duration::from_millis(5);
+pub const BATCH_MAX_WAIT: Duration = Duration::from_millis(250);
+/// A batch of at least this many requests counts as busy.
+const BATCH_BUSY: usize = 8;
+/// Most channels in one batch.
+const BATCH_MAX_CHANNELS: usize = 20_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum OpKind {
+    Subscribe,
+    Unsubscribe,
+}
+
+/// One (un)subscribe request of the node.
+pub(super) struct Op {
+    pub(super) kind: OpKind,
+    /// Full Redis channel names.
+    pub(super) channels: Vec<String>,
+    /// Receives the outcome; the caller waits on it.
+    pub(super) done: oneshot::Sender<Result<(), BrokerError>>,
+}
+
+// === impl RedisBroker ===
+
+impl RedisBroker {
+    /// Gathers (un)subscribe requests into batches and sends them.
+    pub(super) async fn batcher(self, mut ops: mpsc::Receiver<Op>) {
+        let mut window = BATCH_MIN_WAIT;
+        loop {
+            let first = tokio::select! {
+                () = self.inner.stop.cancelled() => return,
+                op = ops.recv() => match op { Some(op) => op, None => return },
+            };
+            let deadline = tokio::time::Instant::now() + window;
+            // Stop early when requests stop coming.
+            let gap = (window / 4).max(Duration::from_millis(3));
+            let mut count = first.channels.len();
+            let mut batch = vec![first];
+            while count < BATCH_MAX_CHANNELS {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match tokio::time::timeout(gap.min(left), ops.recv()).await {
+                    Ok(Some(op)) => {
+                        count += op.channels.len();
+                        batch.push(op);
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            window = if batch.len() >= BATCH_BUSY {
+                (window * 2).min(BATCH_MAX_WAIT)
+            } else {
+                (window / 2).max(BATCH_MIN_WAIT)
+            };
+            self.run_batch(batch).await;
+        }
+    }
+
+    async fn run_batch(&self, batch: Vec<Op>) {
+        // The node serialises operations on one channel, so a channel
+        // appears at most once per batch and the order of ops is free.
+        let (unsubscribes, subscribes): (Vec<Op>, Vec<Op>) = batch
+            .into_iter()
+            .partition(|op| op.kind == OpKind::Unsubscribe);
+        self.run_ops(OpKind::Unsubscribe, unsubscribes).await;
+        self.run_ops(OpKind::Subscribe, subscribes).await;
+    }
+
+    /// One command per connection for all `ops` (all of one kind); each op
+    /// gets the first error of the connections its channels went to.
+    async fn run_ops(&self, kind: OpKind, ops: Vec<Op>) {
+        if ops.is_empty() {
+            return;
+        }
+        let mut per_shard: HashMap<usize, Vec<String>> = HashMap::new();
+        for op in &ops {
+            for name in &op.channels {
+                per_shard
+                    .entry(self.shard_of(name).index)
+                    .or_default()
+                    .push(name.clone());
+            }
+        }
+        let results: HashMap<usize, Result<(), BrokerError>> =
+            futures_util::future::join_all(per_shard.into_iter().map(|(i, names)| async move {
+                let shard = &self.inner.shards[i];
+                let r = match kind {
+                    OpKind::Subscribe => self.send_subscribe(shard, names).await,
+                    OpKind::Unsubscribe => {
+                        self.send_unsubscribe(shard, names).await;
+                        Ok(())
+                    }
+                };
+                (i, r)
+            }))
+            .await
+            .into_iter()
+            .collect();
+        for op in ops {
+            let r = op
+                .channels
+                .iter()
+                .find_map(|n| results.get(&self.shard_of(n).index)?.clone().err())
+                .map_or(Ok(()), Err);
+            let _ = op.done.send(r);
+        }
+    }
+}

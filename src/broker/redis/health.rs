@@ -1,0 +1,188 @@
+//! Is Redis usable right now? Connection state sampled for readiness (with
+//! a debounce, so a reset that reconnects at once does not fail a fleet),
+//! the pub/sub probe through every subscriber connection (a connection that
+//! is up but delivers nothing is restarted), and on a cluster the slot-map
+//! check that resubscribes after resharding.
+
+use std::{
+    hash::{BuildHasher, RandomState},
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
+
+use fred::{
+    clients::Client,
+    error::Error as FredError,
+    interfaces::{ClientLike, ClusterInterface, PubsubInterface},
+};
+
+use super::RedisBroker;
+use crate::{broker::Health, metrics};
+
+/// Consecutive missed probes before a connection is restarted (and
+/// readiness fails).
+const PROBE_MISSES: u32 = 2;
+/// How long a disconnect must last before readiness reports it.
+pub const READY_DEBOUNCE: Duration = Duration::from_secs(1);
+/// How often connection state is sampled for the debounce and the gauge.
+const WATCH_EVERY: Duration = Duration::from_millis(250);
+
+// === impl RedisBroker ===
+
+impl RedisBroker {
+    fn connected(&self) -> bool {
+        self.inner.publisher.is_connected()
+            && self.inner.shards.iter().all(|s| s.client.is_connected())
+    }
+
+    /// Notes when a connection went down (checked every [`WATCH_EVERY`]),
+    /// so readiness can tell a blip from an outage.
+    fn observe_connection(&self) -> bool {
+        let up = self.connected();
+        let mut down_since = self.inner.down_since.lock();
+        if up {
+            *down_since = None;
+        } else {
+            down_since.get_or_insert_with(Instant::now);
+        }
+        metrics::broker_connected(up);
+        up
+    }
+
+    pub(super) async fn watch_connection(self) {
+        loop {
+            tokio::select! {
+                () = self.inner.stop.cancelled() => return,
+                () = tokio::time::sleep(WATCH_EVERY) => {}
+            }
+            self.observe_connection();
+        }
+    }
+
+    /// Current health, for readiness. A disconnect counts only once it has
+    /// lasted [`READY_DEBOUNCE`] (measured from when it was first seen, at
+    /// most [`WATCH_EVERY`] after it happened): a connection reset that
+    /// reconnects at once must not take a whole fleet out of rotation.
+    pub(super) fn current_health(&self) -> Health {
+        let up = self.observe_connection();
+        let connected = up
+            || self
+                .inner
+                .down_since
+                .lock()
+                .is_some_and(|since| since.elapsed() < READY_DEBOUNCE);
+        Health {
+            connected,
+            probe_ok: self.inner.probe_ok.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Sends a probe through every subscriber connection each interval and
+    /// restarts a connection that misses [`PROBE_MISSES`] in a row.
+    pub(super) async fn prober(self, interval: Duration) {
+        let mut misses = vec![0u32; self.inner.shards.len()];
+        let mut seq = 0u64;
+        // The map subscriptions were made against: read before any.
+        let mut slot_map = self.inner.slot_map_at_start;
+        loop {
+            tokio::select! {
+                () = self.inner.stop.cancelled() => return,
+                () = tokio::time::sleep(interval) => {}
+            }
+            if self.inner.clustered {
+                self.check_slot_map(&mut slot_map).await;
+            }
+            // Check the previous round, then send the next.
+            let mut all_ok = true;
+            for (shard, missed) in self.inner.shards.iter().zip(misses.iter_mut()) {
+                let sent = shard.probe_sent.load(Ordering::Relaxed);
+                if sent == 0 || shard.probe_seen.load(Ordering::Relaxed) >= sent {
+                    *missed = 0;
+                    continue;
+                }
+                *missed += 1;
+                // One late probe is a slow reply, not an outage: readiness
+                // fails only after PROBE_MISSES in a row.
+                all_ok &= *missed < PROBE_MISSES;
+                metrics::broker_probe_failed();
+                tracing::warn!(
+                    connection = shard.index,
+                    missed = *missed,
+                    "pub/sub probe not received"
+                );
+                // Restart every PROBE_MISSES misses; the count (and failed
+                // readiness) lasts until a probe comes through again.
+                if *missed % PROBE_MISSES == 0 && shard.client.is_connected() {
+                    tracing::warn!(
+                        connection = shard.index,
+                        "restarting a pub/sub connection that delivers nothing"
+                    );
+                    // The reconnect event makes the resubscriber restore everything.
+                    if let Err(e) = shard.client.force_reconnection().await {
+                        tracing::warn!(error = %e, "restart failed");
+                    }
+                }
+            }
+            self.inner.probe_ok.store(all_ok, Ordering::Relaxed);
+            seq += 1;
+            for shard in &self.inner.shards {
+                if !self.inner.publisher.is_connected() {
+                    break;
+                }
+                shard.probe_sent.store(seq, Ordering::Relaxed);
+                let r: Result<i64, FredError> = if self.inner.clustered {
+                    self.inner
+                        .publisher
+                        .spublish(&shard.probe_channel, seq)
+                        .await
+                } else {
+                    self.inner
+                        .publisher
+                        .publish(&shard.probe_channel, seq)
+                        .await
+                };
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "probe publish failed");
+                }
+            }
+        }
+    }
+
+    /// Redis moves sharded subscriptions with their slot only by telling
+    /// the client `sunsubscribe`, which fred drops. So the slot map is
+    /// compared every probe interval; when it changed, every connection
+    /// refreshes its routing and resubscribes on the new owners.
+    async fn check_slot_map(&self, last: &mut Option<u64>) {
+        let Some(hash) = slot_map_hash(&self.inner.publisher, &self.inner.hasher).await else {
+            return;
+        };
+        let changed = last.is_some_and(|h| h != hash);
+        *last = Some(hash);
+        if !changed {
+            return;
+        }
+        tracing::info!("Redis Cluster slots moved; resubscribing on the new owners");
+        metrics::broker_reconnected();
+        if let Err(e) = self.inner.publisher.sync_cluster().await {
+            tracing::warn!(error = %e, "cannot refresh the publisher's cluster routing");
+        }
+        for shard in &self.inner.shards {
+            if let Err(e) = shard.client.sync_cluster().await {
+                tracing::warn!(error = %e, "cannot refresh the cluster routing");
+            }
+            self.resubscribe_all(shard).await;
+        }
+    }
+}
+
+/// A fingerprint of the cluster's slot map (`CLUSTER SLOTS`).
+pub(super) async fn slot_map_hash(publisher: &Client, hasher: &RandomState) -> Option<u64> {
+    let slots: Result<fred::types::Value, FredError> = publisher.cluster_slots().await;
+    match slots {
+        Ok(slots) => Some(hasher.hash_one(format!("{slots:?}"))),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the cluster slot map");
+            None
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! The Redis broker: plain pub/sub (or sharded pub/sub on Redis Cluster)
+//! on channels `<prefix>:user:<uid>`, `<prefix>:group:<name>`,
+//! `<prefix>:all` and `<prefix>:node:<id>`, plus one probe channel per
+//! pub/sub connection, `<prefix>:probe:<node>:<n>`.
+//!
+//! # Layout
+//! - this file: connecting, and the [`Broker`] implementation (publish,
+//!   subscribe and unsubscribe requests, close, health).
+//! - [`options`]: the Redis settings built from the configuration.
+//! - [`shards`]: the pool of subscriber connections: what each must hold,
+//!   receiving into the node's event channel, resubscribing after every
+//!   reconnect or cluster change.
+//! - [`batcher`]: SUBSCRIBE/UNSUBSCRIBE requests gathered into few commands.
+//! - [`health`]: connection state for readiness, the pub/sub probe, the
+//!   cluster slot-map check.
+
+mod batcher;
+mod health;
+pub mod options;
+mod shards;
+
+use std::{
+    collections::HashSet,
+    hash::{BuildHasher, RandomState},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64},
+    },
+    time::Instant,
+};
+
+use fred::{
+    clients::Client,
+    error::Error as FredError,
+    interfaces::{ClientLike, PubsubInterface},
+    types::{Builder, config::ReconnectPolicy},
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+pub use self::{batcher::BATCH_MAX_WAIT, health::READY_DEBOUNCE, options::RedisOptions};
+use self::{
+    batcher::{Op, OpKind},
+    shards::Shard,
+};
+use super::{Broker, BrokerError, BrokerEvent, Envelope, Health, wire};
+use crate::{metrics, protocol::Channel};
+
+/// fred's per-client receive buffer (its default, 32, loses messages).
+const RECEIVE_BUFFER: usize = 16_384;
+/// Pending (un)subscribe requests before callers wait for the batcher.
+const OPS_QUEUE: usize = 65_536;
+
+#[derive(Debug, Clone)]
+pub struct RedisBroker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    prefix: String,
+    clustered: bool,
+    publisher: Client,
+    shards: Vec<Shard>,
+    hasher: RandomState,
+    /// (Un)subscribe requests: sent by `subscribe`/`unsubscribe`, received
+    /// by the batcher task; closed when the broker is dropped.
+    ops: mpsc::Sender<Op>,
+    /// Whether the last probe round went through every connection; written
+    /// by the prober, read by readiness.
+    probe_ok: AtomicBool,
+    /// When readiness first saw a connection down (cleared once all are up).
+    down_since: parking_lot::Mutex<Option<Instant>>,
+    /// Fingerprint of the cluster slot map when the broker connected.
+    slot_map_at_start: Option<u64>,
+    /// Stops every background task on `close`.
+    stop: CancellationToken,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBroker")
+            .field("prefix", &self.prefix)
+            .field("clustered", &self.clustered)
+            .field("shards", &self.shards.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(e: &FredError) -> BrokerError {
+    BrokerError::Unavailable(e.to_string())
+}
+
+impl RedisBroker {
+    /// Connects the publisher and the subscriber pool and starts the
+    /// background tasks (on `tracker`). Fails if Redis cannot be reached.
+    pub async fn connect(
+        opts: RedisOptions,
+        events: mpsc::Sender<BrokerEvent>,
+        tracker: &TaskTracker,
+    ) -> Result<Self, BrokerError> {
+        let clustered = opts.config.server.is_clustered();
+        let mut builder = Builder::from_config(opts.config.clone());
+        builder
+            .with_performance_config(|p| {
+                p.default_command_timeout = opts.command_timeout;
+                p.broadcast_channel_capacity = RECEIVE_BUFFER;
+            })
+            .with_connection_config(|c| {
+                c.connection_timeout = opts.command_timeout;
+                c.internal_command_timeout = opts.command_timeout;
+                // Never resend a PUBLISH that may have gone out: a 503 the
+                // caller can retry beats a duplicate every client sees.
+                c.max_command_attempts = 1;
+            })
+            // Without a policy fred never reconnects.
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2));
+        let publisher = builder.build().map_err(|e| unavailable(&e))?;
+        publisher.init().await.map_err(|e| unavailable(&e))?;
+        let mut shards = Vec::with_capacity(opts.pubsub_connections);
+        for index in 0..opts.pubsub_connections.max(1) {
+            let client = builder
+                .build_subscriber_client()
+                .map_err(|e| unavailable(&e))?;
+            client.init().await.map_err(|e| unavailable(&e))?;
+            shards.push(Shard {
+                index,
+                client,
+                wanted: parking_lot::Mutex::new(HashSet::new()),
+                probe_channel: format!("{}:probe:{}:{index}", opts.prefix, opts.node_id),
+                probe_sent: AtomicU64::new(0),
+                probe_seen: AtomicU64::new(0),
+            });
+        }
+        let hasher = RandomState::new();
+        let slot_map_at_start = if clustered {
+            health::slot_map_hash(&publisher, &hasher).await
+        } else {
+            None
+        };
+        let (ops_tx, ops_rx) = mpsc::channel(OPS_QUEUE);
+        let broker = Self {
+            inner: Arc::new(Inner {
+                prefix: opts.prefix.clone(),
+                clustered,
+                publisher,
+                shards,
+                hasher,
+                slot_map_at_start,
+                ops: ops_tx,
+                probe_ok: AtomicBool::new(true),
+                down_since: parking_lot::Mutex::new(None),
+                stop: CancellationToken::new(),
+            }),
+        };
+        for index in 0..broker.inner.shards.len() {
+            let shard = &broker.inner.shards[index];
+            broker
+                .send_subscribe(shard, vec![shard.probe_channel.clone()])
+                .await?;
+            tracker.spawn(broker.clone().receive(index, events.clone()));
+            tracker.spawn(broker.clone().resubscriber(index));
+        }
+        metrics::broker_connected(true);
+        tracker.spawn(broker.clone().batcher(ops_rx));
+        tracker.spawn(broker.clone().prober(opts.probe_interval));
+        tracker.spawn(broker.clone().watch_connection());
+        Ok(broker)
+    }
+
+    fn full_name(&self, channel: &Channel) -> String {
+        format!("{}:{}", self.inner.prefix, channel.as_str())
+    }
+
+    fn shard_of(&self, name: &str) -> &Shard {
+        let i = (self.inner.hasher.hash_one(name) as usize) % self.inner.shards.len();
+        &self.inner.shards[i]
+    }
+
+    /// Hands an (un)subscribe request to the batcher and waits for its outcome.
+    async fn op(&self, kind: OpKind, channels: &[Channel]) -> Result<(), BrokerError> {
+        let (done, rx) = oneshot::channel();
+        let op = Op {
+            kind,
+            channels: channels.iter().map(|c| self.full_name(c)).collect(),
+            done,
+        };
+        self.inner
+            .ops
+            .send(op)
+            .await
+            .map_err(|_| BrokerError::Closed)?;
+        rx.await.map_err(|_| BrokerError::Closed)?
+    }
+}
+
+impl Broker for RedisBroker {
+    async fn publish(&self, channel: &Channel, envelope: &Envelope) -> Result<usize, BrokerError> {
+        let publisher = &self.inner.publisher;
+        if !publisher.is_connected() {
+            metrics::broker_command("publish", false);
+            return Err(BrokerError::Unavailable("not connected to Redis".into()));
+        }
+        let name = self.full_name(channel);
+        let payload = wire::encode(envelope);
+        let r: Result<i64, FredError> = if self.inner.clustered {
+            publisher.spublish(name, payload).await
+        } else {
+            publisher.publish(name, payload).await
+        };
+        metrics::broker_command("publish", r.is_ok());
+        r.map(|n| n.max(0) as usize).map_err(|e| unavailable(&e))
+    }
+
+    async fn subscribe(&self, channels: &[Channel]) -> Result<(), BrokerError> {
+        self.op(OpKind::Subscribe, channels).await
+    }
+
+    async fn unsubscribe(&self, channels: &[Channel]) -> Result<(), BrokerError> {
+        self.op(OpKind::Unsubscribe, channels).await
+    }
+
+    async fn close(&self) {
+        if self.inner.stop.is_cancelled() {
+            return;
+        }
+        self.inner.stop.cancel();
+        for shard in &self.inner.shards {
+            let _ = shard.client.quit().await;
+        }
+        let _ = self.inner.publisher.quit().await;
+    }
+
+    fn health(&self) -> Health {
+        self.current_health()
+    }
+}
