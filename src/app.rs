@@ -45,18 +45,7 @@ impl Settings {
             problems.push(p);
             None
         });
-        let auth = match cfg.jwt_key() {
-            Ok(key) => Authenticator::new(
-                cfg.jwt_algorithm,
-                &key,
-                cfg.jwt_issuer.clone(),
-                cfg.jwt_audience.clone(),
-                &cfg.api_keys,
-            )
-            .map_err(|e| format!("FANOUT_JWT_PUBLIC_KEY / FANOUT_JWT_SECRET: {e}")),
-            Err(e) => Err(e.problems.join("; ")),
-        };
-        let auth = match auth {
+        let auth = match Authenticator::from_config(&cfg) {
             Ok(auth) if problems.is_empty() => auth,
             Ok(_) => return Err(ConfigError { problems }),
             Err(p) => {

@@ -15,37 +15,18 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-pub use crate::ids::unix_now;
-use crate::protocol::{NAME_RULE, is_valid_name};
+pub use crate::config::JwtAlgorithm;
+use crate::{
+    config::{Config, ENV_JWT_PUBLIC_KEY, ENV_JWT_SECRET},
+    ids::unix_now,
+    protocol::{NAME_RULE, is_valid_name},
+};
 
-/// The JWT signature algorithms fanout accepts (one at a time).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum JwtAlgorithm {
-    #[value(name = "HS256")]
-    Hs256,
-    #[value(name = "RS256")]
-    Rs256,
-    #[value(name = "ES256")]
-    Es256,
-}
-
-impl JwtAlgorithm {
-    fn jwt(self) -> Algorithm {
-        match self {
-            Self::Hs256 => Algorithm::HS256,
-            Self::Rs256 => Algorithm::RS256,
-            Self::Es256 => Algorithm::ES256,
-        }
-    }
-}
-
-impl fmt::Display for JwtAlgorithm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Hs256 => "HS256",
-            Self::Rs256 => "RS256",
-            Self::Es256 => "ES256",
-        })
+fn algorithm(a: JwtAlgorithm) -> Algorithm {
+    match a {
+        JwtAlgorithm::Hs256 => Algorithm::HS256,
+        JwtAlgorithm::Rs256 => Algorithm::RS256,
+        JwtAlgorithm::Es256 => Algorithm::ES256,
     }
 }
 
@@ -167,7 +148,49 @@ impl fmt::Debug for Authenticator {
     }
 }
 
+impl JwtKey {
+    /// The key `cfg` configures: the HS256 secret, or the PEM public key
+    /// given inline or as a file path (read here). Errors name the option.
+    pub fn from_config(cfg: &Config) -> Result<Self, String> {
+        match cfg.jwt_algorithm {
+            JwtAlgorithm::Hs256 => Ok(Self::Secret(
+                cfg.jwt.secret.clone().unwrap_or_default().into_bytes(),
+            )),
+            JwtAlgorithm::Rs256 | JwtAlgorithm::Es256 => {
+                let v = cfg.jwt_public_key.clone().unwrap_or_default();
+                if v.trim_start().starts_with("-----BEGIN") {
+                    Ok(Self::PublicPem(v.into_bytes()))
+                } else {
+                    std::fs::read(&v)
+                        .map(Self::PublicPem)
+                        .map_err(|e| format!("{ENV_JWT_PUBLIC_KEY}: cannot read {v}: {e}"))
+                }
+            }
+        }
+    }
+}
+
 impl Authenticator {
+    /// The authenticator `cfg` describes (its key file read once). Errors
+    /// name the option to fix.
+    pub fn from_config(cfg: &Config) -> Result<Self, String> {
+        let key = JwtKey::from_config(cfg)?;
+        Self::new(
+            cfg.jwt_algorithm,
+            &key,
+            cfg.jwt.issuer.clone(),
+            cfg.jwt.audience.clone(),
+            &cfg.api_keys,
+        )
+        .map_err(|e| {
+            let option = match cfg.jwt_algorithm {
+                JwtAlgorithm::Hs256 => ENV_JWT_SECRET,
+                JwtAlgorithm::Rs256 | JwtAlgorithm::Es256 => ENV_JWT_PUBLIC_KEY,
+            };
+            format!("{option}: {e}")
+        })
+    }
+
     pub fn new(
         algorithm: JwtAlgorithm,
         key: &JwtKey,
@@ -198,7 +221,7 @@ impl Authenticator {
                 )));
             }
         };
-        let mut validation = Validation::new(algorithm.jwt());
+        let mut validation = Validation::new(self::algorithm(algorithm));
         validation.leeway = 0;
         validation.validate_nbf = true;
         // `sub` is checked below: jsonwebtoken's own check rejects numeric

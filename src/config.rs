@@ -6,11 +6,9 @@
 //! cannot (cross-field rules, missing secrets) and reports every problem at
 //! once. Tests build a `Config` with [`Config::default`] and change fields.
 
-use std::{net::SocketAddr, path::Path, time::Duration};
+use std::{fmt, net::SocketAddr, time::Duration};
 
-use clap::{Args, Parser, Subcommand, builder::BoolishValueParser};
-
-use crate::auth::{JwtAlgorithm, JwtKey};
+use clap::{Args, FromArgMatches, Parser, Subcommand, builder::BoolishValueParser};
 
 pub const ENV_LISTEN: &str = "FANOUT_LISTEN";
 pub const ENV_NODE_ID: &str = "FANOUT_NODE_ID";
@@ -78,6 +76,43 @@ pub enum Command {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// The JWT signature algorithms fanout accepts (one at a time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum JwtAlgorithm {
+    #[value(name = "HS256")]
+    Hs256,
+    #[value(name = "RS256")]
+    Rs256,
+    #[value(name = "ES256")]
+    Es256,
+}
+
+impl fmt::Display for JwtAlgorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Hs256 => "HS256",
+            Self::Rs256 => "RS256",
+            Self::Es256 => "ES256",
+        })
+    }
+}
+
+/// The JWT options `serve` and `token` share.
+#[derive(Debug, Clone, Default, Args)]
+pub struct JwtArgs {
+    /// HS256 shared secret: verifies client tokens (serve) or signs one (token).
+    #[arg(id = "jwt_secret", long = "jwt-secret", value_name = "JWT_SECRET", env = ENV_JWT_SECRET, hide_env_values = true)]
+    pub secret: Option<String>,
+
+    /// `iss` claim: required in client tokens when set (serve), or included (token).
+    #[arg(id = "jwt_issuer", long = "jwt-issuer", value_name = "JWT_ISSUER", env = ENV_JWT_ISSUER)]
+    pub issuer: Option<String>,
+
+    /// `aud` claim: required in client tokens when set (serve), or included (token).
+    #[arg(id = "jwt_audience", long = "jwt-audience", value_name = "JWT_AUDIENCE", env = ENV_JWT_AUDIENCE)]
+    pub audience: Option<String>,
 }
 
 /// Everything `fanout serve` can be told.
@@ -152,21 +187,12 @@ pub struct Config {
     #[arg(long, env = ENV_JWT_ALGORITHM, value_enum, default_value_t = JwtAlgorithm::Hs256)]
     pub jwt_algorithm: JwtAlgorithm,
 
-    /// HS256 shared secret for client tokens.
-    #[arg(long, env = ENV_JWT_SECRET, hide_env_values = true)]
-    pub jwt_secret: Option<String>,
+    #[command(flatten)]
+    pub jwt: JwtArgs,
 
     /// RS256/ES256 public key: a PEM file path, or the PEM text itself.
     #[arg(long, env = ENV_JWT_PUBLIC_KEY)]
     pub jwt_public_key: Option<String>,
-
-    /// Required `iss` claim, when set.
-    #[arg(long, env = ENV_JWT_ISSUER)]
-    pub jwt_issuer: Option<String>,
-
-    /// Required `aud` claim, when set.
-    #[arg(long, env = ENV_JWT_AUDIENCE)]
-    pub jwt_audience: Option<String>,
 
     /// API keys for the backend HTTP API, comma-separated (several allow rotation).
     #[arg(long, env = ENV_API_KEYS, value_delimiter = ',', hide_env_values = true)]
@@ -251,47 +277,25 @@ pub struct Config {
 }
 
 impl Default for Config {
-    /// The documented defaults, without reading the environment.
+    /// The documented defaults: exactly what `fanout serve` parses with no
+    /// flags and no environment, so each default is written once, in its
+    /// `#[arg]` attribute above.
     fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
-            internal_addr: SocketAddr::from(([0, 0, 0, 0], 9090)),
-            redis_url: None,
-            redis_cluster: false,
-            redis_sentinel: Vec::new(),
-            redis_sentinel_master: "mymaster".into(),
-            redis_prefix: "fanout".into(),
-            redis_pubsub_connections: 4,
-            redis_timeout: Duration::from_secs(5),
-            redis_probe_interval: Duration::from_secs(5),
-            unsubscribe_linger: Duration::from_secs(1),
-            query_timeout: Duration::from_secs(1),
-            node_id: None,
-            dev: false,
-            jwt_algorithm: JwtAlgorithm::Hs256,
-            jwt_secret: None,
-            jwt_public_key: None,
-            jwt_issuer: None,
-            jwt_audience: None,
-            api_keys: Vec::new(),
-            allowed_origins: Vec::new(),
-            auth_timeout: Duration::from_secs(10),
-            heartbeat: Duration::from_secs(25),
-            idle_timeout: Duration::from_secs(60),
-            write_timeout: Duration::from_secs(10),
-            outbound_queue: MIB,
-            max_frame: 64 * KIB,
-            max_groups: 256,
-            api_body_limit: 64 * KIB,
-            api_timeout: Duration::from_secs(10),
-            ws_read_buffer: 512,
-            ws_write_buffer: 4 * KIB,
-            drain_window: Duration::from_secs(30),
-            drain_rate: 0,
-            shutdown_grace: Duration::from_secs(10),
-            log: "info".into(),
-            log_format: LogFormat::Text,
-        }
+        // Parsing no arguments can only fail if an attribute above is
+        // broken, which every test (and `defaults_parse`) would show at once.
+        #[allow(clippy::expect_used)]
+        Self::defaults().expect("the built-in defaults parse")
+    }
+}
+
+impl Config {
+    fn defaults() -> Result<Self, clap::Error> {
+        // Config's own command, with every `env = ...` dropped so that
+        // FANOUT_* variables of the current process cannot leak in.
+        let mut cmd = <Self as clap::Args>::augment_args(clap::Command::new("fanout-serve"))
+            .mut_args(|a| a.env(None::<&str>));
+        let matches = cmd.try_get_matches_from_mut(["fanout-serve"])?;
+        Self::from_arg_matches(&matches)
     }
 }
 
@@ -310,15 +314,8 @@ pub struct TokenArgs {
     /// Lifetime (`exp` = now + ttl).
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub ttl: Duration,
-    /// HS256 secret to sign with.
-    #[arg(long, env = ENV_JWT_SECRET, hide_env_values = true)]
-    pub jwt_secret: Option<String>,
-    /// `iss` claim to include.
-    #[arg(long, env = ENV_JWT_ISSUER)]
-    pub jwt_issuer: Option<String>,
-    /// `aud` claim to include.
-    #[arg(long, env = ENV_JWT_AUDIENCE)]
-    pub jwt_audience: Option<String>,
+    #[command(flatten)]
+    pub jwt: JwtArgs,
 }
 
 /// What is wrong with a configuration; `main` prints it and exits 64.
@@ -353,7 +350,7 @@ impl Config {
         };
         match self.jwt_algorithm {
             JwtAlgorithm::Hs256 => need(
-                self.jwt_secret.as_ref().is_some_and(|s| !s.is_empty()),
+                self.jwt.secret.as_ref().is_some_and(|s| !s.is_empty()),
                 format!(
                     "{ENV_JWT_SECRET} (--jwt-secret) is required for HS256 tokens (or use --dev)"
                 ),
@@ -435,28 +432,6 @@ impl Config {
         problems
     }
 
-    /// The key that verifies client tokens, as configured.
-    pub fn jwt_key(&self) -> Result<JwtKey, ConfigError> {
-        let fail = |msg: String| ConfigError {
-            problems: vec![msg],
-        };
-        match self.jwt_algorithm {
-            JwtAlgorithm::Hs256 => Ok(JwtKey::Secret(
-                self.jwt_secret.clone().unwrap_or_default().into_bytes(),
-            )),
-            _ => {
-                let v = self.jwt_public_key.clone().unwrap_or_default();
-                if v.trim_start().starts_with("-----BEGIN") {
-                    Ok(JwtKey::PublicPem(v.into_bytes()))
-                } else {
-                    std::fs::read(Path::new(&v))
-                        .map(JwtKey::PublicPem)
-                        .map_err(|e| fail(format!("{ENV_JWT_PUBLIC_KEY}: cannot read {v}: {e}")))
-                }
-            }
-        }
-    }
-
     /// True when `allowed_origins` contains `*`.
     pub fn any_origin(&self) -> bool {
         self.allowed_origins.iter().any(|o| o.trim() == "*")
@@ -492,14 +467,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_match_the_flags() {
-        // Parse with no flags; FANOUT_* variables must not be set for this test.
-        let cli = Cli::try_parse_from(["fanout", "serve"]).unwrap();
-        let Command::Serve(parsed) = cli.command else {
+    fn defaults_are_the_documented_ones() {
+        let d = Config::defaults().unwrap();
+        assert_eq!(d.listen, SocketAddr::from(([0, 0, 0, 0], 8080)));
+        assert_eq!(d.heartbeat, Duration::from_secs(25));
+        assert_eq!(d.outbound_queue, MIB);
+        assert_eq!(d.ws_read_buffer, 512);
+        assert_eq!(d.redis_pubsub_connections, 4);
+        assert_eq!(d.jwt_algorithm, JwtAlgorithm::Hs256);
+        assert!(d.jwt.secret.is_none() && d.api_keys.is_empty() && !d.dev);
+    }
+
+    #[test]
+    fn serve_and_token_share_the_jwt_flags() {
+        let cli =
+            Cli::try_parse_from(["fanout", "token", "--sub", "1", "--jwt-secret", "s"]).unwrap();
+        let Command::Token(t) = cli.command else {
+            panic!("not token")
+        };
+        assert_eq!(t.jwt.secret.as_deref(), Some("s"));
+        let cli = Cli::try_parse_from(["fanout", "serve", "--jwt-issuer", "me"]).unwrap();
+        let Command::Serve(c) = cli.command else {
             panic!("not serve")
         };
-        let d = Config::default();
-        assert_eq!(format!("{parsed:?}"), format!("{d:?}"));
+        assert_eq!(c.jwt.issuer.as_deref(), Some("me"));
     }
 
     #[test]

@@ -14,8 +14,8 @@ pub const DEV_UID: &str = "dev-user";
 pub fn prepare(cfg: &mut Config) -> Vec<String> {
     let mut notes =
         vec!["development mode: any Origin may connect (--allowed-origins is ignored)".to_owned()];
-    if cfg.jwt_secret.is_none() && cfg.jwt_public_key.is_none() {
-        cfg.jwt_secret = Some(random_secret());
+    if cfg.jwt.secret.is_none() && cfg.jwt_public_key.is_none() {
+        cfg.jwt.secret = Some(random_secret());
         notes.push("development mode: generated a JWT secret (printed below)".into());
     }
     if cfg.api_keys.is_empty() {
@@ -46,7 +46,8 @@ pub fn banner(cfg: &Config, auth: &Authenticator, addr: SocketAddr) -> String {
         )
         .unwrap_or_else(|e| format!("<cannot mint: {e}>"));
     let secret = cfg
-        .jwt_secret
+        .jwt
+        .secret
         .as_deref()
         .unwrap_or("<public key configured>");
     let key = cfg.api_keys.first().map_or("", String::as_str);

@@ -98,7 +98,7 @@ fn serve(mut cfg: Config) -> ExitCode {
 }
 
 fn token(args: &TokenArgs) -> ExitCode {
-    let Some(secret) = args.jwt_secret.as_ref().filter(|s| !s.is_empty()) else {
+    let Some(secret) = args.jwt.secret.as_ref().filter(|s| !s.is_empty()) else {
         return usage_error(format!(
             "{ENV_JWT_SECRET} (or --jwt-secret) must be set to mint a token"
         ));
@@ -109,8 +109,8 @@ fn token(args: &TokenArgs) -> ExitCode {
     let auth = match Authenticator::new(
         JwtAlgorithm::Hs256,
         &JwtKey::Secret(secret.clone().into_bytes()),
-        args.jwt_issuer.clone(),
-        args.jwt_audience.clone(),
+        args.jwt.issuer.clone(),
+        args.jwt.audience.clone(),
         &[],
     ) {
         Ok(a) => a,

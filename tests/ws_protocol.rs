@@ -500,7 +500,7 @@ async fn public_key_algorithms_are_pinned() {
         let private = std::fs::read(format!("{dir}/{name}-private.pem")).unwrap();
         let server = TestServer::with(|c| {
             c.jwt_algorithm = alg;
-            c.jwt_secret = None;
+            c.jwt.secret = None;
             c.jwt_public_key = Some(if inline {
                 public.clone()
             } else {

@@ -67,7 +67,10 @@ pub fn config() -> Config {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         internal_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         node_id: Some("test-node".into()),
-        jwt_secret: Some(SECRET.into()),
+        jwt: fanout::config::JwtArgs {
+            secret: Some(SECRET.into()),
+            ..Default::default()
+        },
         api_keys: vec![API_KEY.into(), API_KEY_2.into()],
         log: "warn".into(),
         drain_window: Duration::from_millis(300),
@@ -100,8 +103,8 @@ impl TestServer {
         let auth = Authenticator::new(
             JwtAlgorithm::Hs256,
             &JwtKey::Secret(SECRET.as_bytes().to_vec()),
-            cfg.jwt_issuer.clone(),
-            cfg.jwt_audience.clone(),
+            cfg.jwt.issuer.clone(),
+            cfg.jwt.audience.clone(),
             &[],
         )
         .unwrap();
