@@ -101,11 +101,15 @@ pub async fn spawn(settings: Settings, shutdown: Shutdown) -> anyhow::Result<App
     let background_stop = CancellationToken::new();
     let (events_tx, events_rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
     let (broker, linger) = match redis {
-        None => (
-            AnyBroker::Memory(MemoryBus::new().broker(events_tx)),
-            // Subscribing in-process costs nothing: no linger needed.
-            Duration::ZERO,
-        ),
+        None => {
+            // An in-process broker is always connected.
+            metrics::broker_connected(true);
+            (
+                AnyBroker::Memory(MemoryBus::new().broker(events_tx)),
+                // Subscribing in-process costs nothing: no linger needed.
+                Duration::ZERO,
+            )
+        }
         Some(opts) => {
             let broker = RedisBroker::connect(opts, events_tx, &background)
                 .await
@@ -126,9 +130,6 @@ pub async fn spawn(settings: Settings, shutdown: Shutdown) -> anyhow::Result<App
     node.start()
         .await
         .context("subscribing the node's own channels")?;
-    if matches!(node.broker(), AnyBroker::Memory(_)) {
-        metrics::broker_connected(true);
-    }
     background.spawn(node.clone().dispatch(events_rx, background_stop.clone()));
     background.spawn(node.clone().dissolve(background_stop.clone()));
 

@@ -18,6 +18,7 @@ use std::{
 
 use axum::extract::ws::Utf8Bytes;
 use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
 
 use crate::session::{ConnId, PushError, Session};
 
@@ -49,12 +50,23 @@ pub struct Delivery {
     pub slow: usize,
 }
 
-/// Registry counts for `/api/stats`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Registry counts: this node's (`Hub::counts`), one node's answer to a
+/// cluster query (it travels as JSON between nodes), or their sum.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {
-    pub connections: usize,
-    pub users: usize,
-    pub groups: usize,
+    pub connections: u64,
+    #[serde(default)]
+    pub users: u64,
+    #[serde(default)]
+    pub groups: u64,
+}
+
+impl std::ops::AddAssign for Counts {
+    fn add_assign(&mut self, other: Self) {
+        self.connections = self.connections.saturating_add(other.connections);
+        self.users = self.users.saturating_add(other.users);
+        self.groups = self.groups.saturating_add(other.groups);
+    }
 }
 
 type Shards<K, V> = Box<[RwLock<HashMap<K, V>>]>;
@@ -221,7 +233,7 @@ impl Hub {
     }
 
     pub fn counts(&self) -> Counts {
-        let sum = |lens: &mut dyn Iterator<Item = usize>| lens.sum();
+        let sum = |lens: &mut dyn Iterator<Item = usize>| lens.sum::<usize>() as u64;
         Counts {
             connections: sum(&mut self.conns.iter().map(|s| s.read().len())),
             users: sum(&mut self.users.iter().map(|s| s.read().len())),

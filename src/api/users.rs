@@ -10,7 +10,6 @@ use serde_json::{Value, json};
 
 use super::error::ApiError;
 use crate::{
-    broker::Command,
     protocol::{NAME_RULE, is_valid_name},
     state::AppState,
 };
@@ -52,21 +51,18 @@ pub(super) async fn disconnect(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let uid = uid_of(path)?;
-    let online = state.node.command(&uid, Command::Disconnect).await?;
+    let online = state.node.kick(&uid).await?;
     Ok(Json(json!({"uid": uid, "disconnected": online})))
 }
 
-async fn group_command(
-    state: &AppState,
+fn uid_and_group(
     path: Result<Path<(String, String)>, PathRejection>,
-    command: fn(String) -> Command,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<(String, String), ApiError> {
     let Path((uid, group)) =
         path.map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))?;
     check(&uid, "invalid_user", "uid")?;
     check(&group, "invalid_group", "group")?;
-    let online = state.node.command(&uid, command(group.clone())).await?;
-    Ok(Json(json!({"uid": uid, "group": group, "online": online})))
+    Ok((uid, group))
 }
 
 /// `PUT /api/users/{uid}/groups/{group}`
@@ -74,7 +70,9 @@ pub(super) async fn join_group(
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    group_command(&state, path, |group| Command::Join { group }).await
+    let (uid, group) = uid_and_group(path)?;
+    let online = state.node.join_user(&uid, &group).await?;
+    Ok(Json(json!({"uid": uid, "group": group, "online": online})))
 }
 
 /// `DELETE /api/users/{uid}/groups/{group}`
@@ -82,7 +80,9 @@ pub(super) async fn leave_group(
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    group_command(&state, path, |group| Command::Leave { group }).await
+    let (uid, group) = uid_and_group(path)?;
+    let online = state.node.leave_user(&uid, &group).await?;
+    Ok(Json(json!({"uid": uid, "group": group, "online": online})))
 }
 
 /// `GET /api/stats`: every node's counts, summed. A user connected to two

@@ -16,6 +16,7 @@ use std::{future::Future, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
+use crate::hub::Counts;
 use crate::protocol::{Channel, Publication};
 
 /// Capacity of the broker → node event channel.
@@ -55,16 +56,6 @@ pub enum Command {
         node: String,
         counts: Counts,
     },
-}
-
-/// Counts a node reports in a [`Command::Reply`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Counts {
-    pub connections: u64,
-    #[serde(default)]
-    pub users: u64,
-    #[serde(default)]
-    pub groups: u64,
 }
 
 /// One delivery from the broker to the node.
