@@ -4,6 +4,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
+use axum::{Router, routing::get};
 use tokio::{net::TcpListener, sync::mpsc, task::JoinHandle};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -16,11 +17,13 @@ use crate::{
         redis::{RedisBroker, RedisOptions},
     },
     config::{Config, ConfigError},
+    http_error::HttpError,
     ids::random_id,
     metrics,
     node::{Node, NodeOptions},
     shutdown::{self, Shutdown},
     state::AppState,
+    transport::{self, origin::OriginPolicy},
 };
 
 /// A gateway's validated configuration and what is derived from it once,
@@ -33,6 +36,7 @@ pub struct Settings {
     auth: Arc<Authenticator>,
     node_id: String,
     redis: Option<RedisOptions>,
+    origins: Arc<OriginPolicy>,
 }
 
 impl Settings {
@@ -44,6 +48,10 @@ impl Settings {
         let redis = RedisOptions::from_config(&cfg, &node_id).unwrap_or_else(|p| {
             problems.push(p);
             None
+        });
+        let origins = OriginPolicy::from_config(&cfg).unwrap_or_else(|p| {
+            problems.push(p);
+            OriginPolicy::default()
         });
         let auth = match Authenticator::from_config(&cfg) {
             Ok(auth) if problems.is_empty() => auth,
@@ -58,6 +66,7 @@ impl Settings {
             auth: Arc::new(auth),
             node_id,
             redis,
+            origins: Arc::new(origins),
         })
     }
 
@@ -93,6 +102,7 @@ pub async fn spawn(settings: Settings, shutdown: Shutdown) -> anyhow::Result<App
         auth,
         node_id,
         redis,
+        origins,
     } = settings;
     let metrics = metrics::install();
     // Broker and dispatch tasks run until the connections are drained,
@@ -141,8 +151,9 @@ pub async fn spawn(settings: Settings, shutdown: Shutdown) -> anyhow::Result<App
         auth,
         cfg,
         shutdown: shutdown.clone(),
+        origins,
     };
-    let router = api::router(state.clone());
+    let router = router(&state);
     let server = tokio::spawn(
         axum::serve(listener, router)
             .with_graceful_shutdown(shutdown.triggered())
@@ -177,6 +188,17 @@ pub async fn spawn(settings: Settings, shutdown: Shutdown) -> anyhow::Result<App
         background,
         background_stop,
     })
+}
+
+/// The public router: the client transports and the backend API. Every
+/// error, unknown paths and methods included, is a JSON body.
+fn router(state: &AppState) -> Router {
+    Router::new()
+        .route("/ws", get(transport::ws::handler))
+        .nest("/api", api::router(state))
+        .fallback(|| async { HttpError::not_found() })
+        .method_not_allowed_fallback(|| async { HttpError::method_not_allowed() })
+        .with_state(state.clone())
 }
 
 /// Pending connections the client listener queues (the kernel caps it at

@@ -431,11 +431,6 @@ impl Config {
         }
         problems
     }
-
-    /// True when `allowed_origins` contains `*`.
-    pub fn any_origin(&self) -> bool {
-        self.allowed_origins.iter().any(|o| o.trim() == "*")
-    }
 }
 
 /// Parses humantime durations: `30s`, `1m 30s`, `250ms`.

@@ -4,7 +4,10 @@
 
 use std::sync::Arc;
 
-use crate::{auth::Authenticator, config::Config, node::Node, shutdown::Shutdown};
+use crate::{
+    auth::Authenticator, config::Config, node::Node, shutdown::Shutdown,
+    transport::origin::OriginPolicy,
+};
 
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -12,4 +15,6 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     pub cfg: Arc<Config>,
     pub shutdown: Shutdown,
+    /// Which pages may open client connections.
+    pub origins: Arc<OriginPolicy>,
 }

@@ -1,8 +1,8 @@
-//! The HTTP surface: `GET /ws` for clients and the backend API under
-//! `/api`, guarded by API keys. Every error is a JSON body
-//! (`{"error":{"code","message"}}`), including unknown paths and methods.
+//! The backend HTTP API under `/api`, guarded by API keys, with its
+//! request metrics and timeout. Every error is a JSON body
+//! (`{"error":{"code","message"}}`). `app` mounts it beside the client
+//! transports.
 
-pub mod error;
 pub mod internal;
 mod publish;
 mod users;
@@ -10,18 +10,18 @@ mod users;
 use axum::{
     Router,
     extract::{DefaultBodyLimit, MatchedPath, Request, State},
-    http::{StatusCode, header},
+    http::header,
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post, put},
 };
 
-use crate::{metrics, state::AppState, transport::ws};
-use error::ApiError;
+use crate::http_error::HttpError;
+use crate::{metrics, state::AppState};
 
-/// The client and API router.
-pub fn router(state: AppState) -> Router {
-    let api = Router::new()
+/// The API routes, to be nested under `/api`.
+pub fn router(state: &AppState) -> Router<AppState> {
+    Router::new()
         .route("/publish", post(publish::publish))
         .route("/users/{uid}", get(users::get_user))
         .route("/users/{uid}/disconnect", post(users::disconnect))
@@ -32,19 +32,7 @@ pub fn router(state: AppState) -> Router {
         .route("/stats", get(users::stats))
         .route_layer(middleware::from_fn_with_state(state.clone(), api_guard))
         .route_layer(middleware::from_fn(track))
-        .layer(DefaultBodyLimit::max(state.cfg.api_body_limit as usize));
-    Router::new()
-        .route("/ws", get(ws::handler))
-        .nest("/api", api)
-        .fallback(|| async { ApiError::not_found() })
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "this endpoint does not take that method",
-            )
-        })
-        .with_state(state)
+        .layer(DefaultBodyLimit::max(state.cfg.api_body_limit as usize))
 }
 
 /// Counts every API request by method, route template and status.
@@ -77,20 +65,20 @@ async fn api_guard(State(state): State<AppState>, req: Request, next: Next) -> R
         });
     match presented {
         None => {
-            return ApiError::unauthorized(
+            return HttpError::unauthorized(
                 "unauthorized",
                 "send `Authorization: Bearer <api key>`",
             )
             .into_response();
         }
         Some(key) if !state.auth.check_api_key(key) => {
-            return ApiError::unauthorized("unauthorized", "invalid API key").into_response();
+            return HttpError::unauthorized("unauthorized", "invalid API key").into_response();
         }
         Some(_) => {}
     }
     match tokio::time::timeout(state.cfg.api_timeout, next.run(req)).await {
         Ok(res) => res,
-        Err(_) => ApiError::unavailable("timeout", "the request took too long; retry later")
+        Err(_) => HttpError::unavailable("timeout", "the request took too long; retry later")
             .into_response(),
     }
 }

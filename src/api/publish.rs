@@ -6,7 +6,7 @@ use axum::{Json, extract::State};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::error::ApiError;
+use crate::http_error::HttpError;
 use crate::{
     node::Targets,
     protocol::{self, NAME_RULE, is_valid_event, is_valid_name},
@@ -46,12 +46,12 @@ pub(super) struct PublishResponse {
 pub(super) async fn publish(
     State(state): State<AppState>,
     body: Result<Json<PublishRequest>, axum::extract::rejection::JsonRejection>,
-) -> Result<Json<PublishResponse>, ApiError> {
+) -> Result<Json<PublishResponse>, HttpError> {
     let Json(req) = body?;
     let targets = validate(req.to)?;
     if let Some(event) = &req.event {
         if !is_valid_event(event) {
-            return Err(ApiError::bad_request(
+            return Err(HttpError::bad_request(
                 "invalid_event",
                 "`event` must be 1-128 bytes",
             ));
@@ -66,15 +66,15 @@ pub(super) async fn publish(
     }))
 }
 
-fn validate(to: To) -> Result<Targets, ApiError> {
+fn validate(to: To) -> Result<Targets, HttpError> {
     if !to.all && to.users.is_empty() && to.groups.is_empty() {
-        return Err(ApiError::bad_request(
+        return Err(HttpError::bad_request(
             "no_target",
             "`to` needs `users`, `groups` or `all: true`",
         ));
     }
     if to.users.len() + to.groups.len() > MAX_TARGETS {
-        return Err(ApiError::bad_request(
+        return Err(HttpError::bad_request(
             "too_many_targets",
             format!("one publish may target at most {MAX_TARGETS} users and groups"),
         ));
@@ -87,13 +87,13 @@ fn validate(to: To) -> Result<Targets, ApiError> {
 }
 
 /// Validates and de-duplicates names, keeping their order.
-fn names(list: Vec<String>, code: &'static str, what: &str) -> Result<Vec<String>, ApiError> {
+fn names(list: Vec<String>, code: &'static str, what: &str) -> Result<Vec<String>, HttpError> {
     let mut seen = HashSet::with_capacity(list.len());
     let mut out = Vec::with_capacity(list.len());
     for name in list {
         if !is_valid_name(&name) {
             let shown: String = name.chars().take(64).collect();
-            return Err(ApiError::bad_request(
+            return Err(HttpError::bad_request(
                 code,
                 format!("invalid {what} `{shown}`: {NAME_RULE}"),
             ));

@@ -8,23 +8,23 @@ use axum::{
 };
 use serde_json::{Value, json};
 
-use super::error::ApiError;
+use crate::http_error::HttpError;
 use crate::{
     protocol::{NAME_RULE, is_valid_name},
     state::AppState,
 };
 
-fn uid_of(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    let Path(uid) = path.map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))?;
+fn uid_of(path: Result<Path<String>, PathRejection>) -> Result<String, HttpError> {
+    let Path(uid) = path.map_err(|e| HttpError::bad_request("invalid_path", e.body_text()))?;
     check(&uid, "invalid_user", "uid")?;
     Ok(uid)
 }
 
-fn check(name: &str, code: &'static str, what: &str) -> Result<(), ApiError> {
+fn check(name: &str, code: &'static str, what: &str) -> Result<(), HttpError> {
     if is_valid_name(name) {
         Ok(())
     } else {
-        Err(ApiError::bad_request(
+        Err(HttpError::bad_request(
             code,
             format!("invalid {what}: {NAME_RULE}"),
         ))
@@ -35,7 +35,7 @@ fn check(name: &str, code: &'static str, what: &str) -> Result<(), ApiError> {
 pub(super) async fn get_user(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Value>, HttpError> {
     let uid = uid_of(path)?;
     let connections = state.node.user_connections(&uid).await?;
     Ok(Json(json!({
@@ -49,7 +49,7 @@ pub(super) async fn get_user(
 pub(super) async fn disconnect(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Value>, HttpError> {
     let uid = uid_of(path)?;
     let online = state.node.kick(&uid).await?;
     Ok(Json(json!({"uid": uid, "disconnected": online})))
@@ -57,9 +57,9 @@ pub(super) async fn disconnect(
 
 fn uid_and_group(
     path: Result<Path<(String, String)>, PathRejection>,
-) -> Result<(String, String), ApiError> {
+) -> Result<(String, String), HttpError> {
     let Path((uid, group)) =
-        path.map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))?;
+        path.map_err(|e| HttpError::bad_request("invalid_path", e.body_text()))?;
     check(&uid, "invalid_user", "uid")?;
     check(&group, "invalid_group", "group")?;
     Ok((uid, group))
@@ -69,7 +69,7 @@ fn uid_and_group(
 pub(super) async fn join_group(
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Value>, HttpError> {
     let (uid, group) = uid_and_group(path)?;
     let online = state.node.join_user(&uid, &group).await?;
     Ok(Json(json!({"uid": uid, "group": group, "online": online})))
@@ -79,7 +79,7 @@ pub(super) async fn join_group(
 pub(super) async fn leave_group(
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Value>, HttpError> {
     let (uid, group) = uid_and_group(path)?;
     let online = state.node.leave_user(&uid, &group).await?;
     Ok(Json(json!({"uid": uid, "group": group, "online": online})))
@@ -87,7 +87,7 @@ pub(super) async fn leave_group(
 
 /// `GET /api/stats`: every node's counts, summed. A user connected to two
 /// nodes, or a group with members on two nodes, counts once per node.
-pub(super) async fn stats(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn stats(State(state): State<AppState>) -> Result<Json<Value>, HttpError> {
     let c = state.node.cluster_counts().await?;
     Ok(Json(json!({
         "nodes": c.nodes,

@@ -120,11 +120,10 @@ impl Node {
             Err(NodeError::Closed) => {}
             Err(e) => {
                 tracing::warn!(conn = session.id(), group, error = %e, "server-side join failed");
-                let code = match e {
-                    NodeError::TooManyGroups(_) => protocol::ErrorCode::TooManyGroups,
-                    _ => protocol::ErrorCode::BrokerUnavailable,
-                };
-                push_text(session, protocol::error_frame(None, code, &e.to_string()));
+                push_text(
+                    session,
+                    protocol::error_frame(None, e.code(), &e.to_string()),
+                );
             }
         }
     }

@@ -1,5 +1,8 @@
-//! HTTP API errors: status plus a JSON body `{"error":{"code","message"}}`.
-//! Messages are written for the caller; internal details go to the log only.
+//! HTTP errors: a status plus a JSON body `{"error":{"code","message"}}`,
+//! for the API and for what a transport refuses before it upgrades.
+//! Messages are written for the caller; internal details go to the log
+//! only. A leaf: how a domain error becomes one is decided in
+//! [`crate::client`], the one place that maps errors to codes.
 
 use std::borrow::Cow;
 
@@ -11,16 +14,14 @@ use axum::{
 };
 use serde_json::json;
 
-use crate::node::NodeError;
-
 #[derive(Debug)]
-pub struct ApiError {
+pub struct HttpError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: Cow<'static, str>,
 }
 
-impl ApiError {
+impl HttpError {
     pub fn new(
         status: StatusCode,
         code: &'static str,
@@ -49,6 +50,14 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
     }
 
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this endpoint does not take that method",
+        )
+    }
+
     pub fn shutting_down() -> Self {
         Self::unavailable(
             "shutting_down",
@@ -57,7 +66,7 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
+impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"code": self.code, "message": self.message}});
         let mut res = (self.status, Json(body)).into_response();
@@ -69,7 +78,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<JsonRejection> for ApiError {
+impl From<JsonRejection> for HttpError {
     fn from(rejection: JsonRejection) -> Self {
         match rejection.status() {
             StatusCode::PAYLOAD_TOO_LARGE => Self::new(
@@ -83,25 +92,6 @@ impl From<JsonRejection> for ApiError {
                 "send the body as JSON with `Content-Type: application/json`",
             ),
             _ => Self::bad_request("invalid_json", rejection.body_text()),
-        }
-    }
-}
-
-impl From<NodeError> for ApiError {
-    fn from(e: NodeError) -> Self {
-        match e {
-            NodeError::Broker(e) => {
-                tracing::warn!(error = %e, "API request failed on the broker");
-                Self::unavailable(
-                    "broker_unavailable",
-                    "the message broker is unavailable; retry later",
-                )
-            }
-            NodeError::TooManyGroups(n) => Self::bad_request(
-                "too_many_groups",
-                format!("a connection may be in at most {n} groups"),
-            ),
-            NodeError::Closed => Self::unavailable("shutting_down", "the connection is closing"),
         }
     }
 }

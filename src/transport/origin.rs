@@ -1,0 +1,194 @@
+//! Which web pages may open client connections: the `Origin` check
+//! (`--allowed-origins`), parsed once at start-up with `http::Uri`.
+//!
+//! A request without `Origin` passes (only browsers send it, and they
+//! always do). Otherwise the origin must be listed, or be the page's own:
+//! its host and port equal the `Host` header's, a missing port meaning the
+//! scheme's default (80 for http/ws, 443 for https/wss). `*` or `--dev`
+//! let any origin in.
+
+use axum::http::{HeaderMap, Uri, header, uri::Authority};
+
+use crate::config::{Config, ENV_ALLOWED_ORIGINS};
+
+/// The parsed `--allowed-origins`.
+#[derive(Debug, Clone, Default)]
+pub struct OriginPolicy {
+    /// `*` was listed, or development mode: every origin passes.
+    any: bool,
+    allowed: Vec<Allowed>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Allowed {
+    /// `scheme://host[:port]`.
+    Origin(Origin),
+    /// `null`, the origin of sandboxed pages and local files, compared as
+    /// text.
+    Null,
+}
+
+/// An origin reduced to what identifies it: lower-case scheme and host,
+/// and the port, the scheme's default filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Origin {
+    scheme: String,
+    host: String,
+    port: Option<u16>,
+}
+
+impl Origin {
+    /// Parses `scheme://host[:port]` (a trailing `/` is tolerated).
+    fn parse(text: &str) -> Option<Self> {
+        let uri: Uri = text.trim().parse().ok()?;
+        let scheme = uri.scheme_str()?.to_ascii_lowercase();
+        let authority = uri.authority()?;
+        if authority.as_str().contains('@')
+            || uri.path_and_query().is_some_and(|p| p.as_str() != "/")
+        {
+            return None;
+        }
+        Some(Self {
+            port: authority.port_u16().or_else(|| default_port(&scheme)),
+            host: authority.host().to_ascii_lowercase(),
+            scheme,
+        })
+    }
+
+    /// Whether the `Host` header names this origin's host and port.
+    fn is_host(&self, host: &str) -> bool {
+        let Ok(authority) = host.trim().parse::<Authority>() else {
+            return false;
+        };
+        let port = authority.port_u16().or_else(|| default_port(&self.scheme));
+        authority.host().eq_ignore_ascii_case(&self.host) && port == self.port
+    }
+}
+
+fn default_port(scheme: &str) -> Option<u16> {
+    match scheme {
+        "http" | "ws" => Some(80),
+        "https" | "wss" => Some(443),
+        _ => None,
+    }
+}
+
+impl OriginPolicy {
+    /// The policy `cfg` configures. An entry that is neither `*`, `null`
+    /// nor `scheme://host[:port]` is a configuration error.
+    pub fn from_config(cfg: &Config) -> Result<Self, String> {
+        let mut policy = Self {
+            any: cfg.dev,
+            allowed: Vec::new(),
+        };
+        for entry in cfg.allowed_origins.iter().map(|o| o.trim()) {
+            match entry {
+                "" => {}
+                "*" => policy.any = true,
+                "null" => policy.allowed.push(Allowed::Null),
+                _ => match Origin::parse(entry) {
+                    Some(o) => policy.allowed.push(Allowed::Origin(o)),
+                    None => {
+                        return Err(format!(
+                            "{ENV_ALLOWED_ORIGINS}: `{entry}` is not an origin like https://app.example.com (or `*`)"
+                        ));
+                    }
+                },
+            }
+        }
+        Ok(policy)
+    }
+
+    /// Whether a request with these headers may open a connection.
+    pub fn allows(&self, headers: &HeaderMap) -> bool {
+        let Some(origin) = headers.get(header::ORIGIN) else {
+            return true;
+        };
+        let Ok(origin) = origin.to_str() else {
+            return false;
+        };
+        if self.any {
+            return true;
+        }
+        if origin.trim() == "null" {
+            return self.allowed.contains(&Allowed::Null);
+        }
+        let Some(origin) = Origin::parse(origin) else {
+            return false;
+        };
+        let listed = self.allowed.contains(&Allowed::Origin(origin.clone()));
+        listed
+            || headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .is_some_and(|host| origin.is_host(host))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn policy(allowed: &[&str]) -> OriginPolicy {
+        let cfg = Config {
+            allowed_origins: allowed.iter().map(|s| s.to_string()).collect(),
+            ..Config::default()
+        };
+        OriginPolicy::from_config(&cfg).unwrap()
+    }
+
+    fn headers(origin: Option<&str>, host: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_str(host).unwrap());
+        if let Some(o) = origin {
+            h.insert(header::ORIGIN, HeaderValue::from_str(o).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn same_origin_compares_host_and_port_with_defaults() {
+        let p = policy(&[]);
+        assert!(p.allows(&headers(None, "a.com")));
+        assert!(p.allows(&headers(Some("http://a.com"), "a.com")));
+        assert!(p.allows(&headers(Some("http://A.com"), "a.COM:80")));
+        assert!(p.allows(&headers(Some("https://a.com"), "a.com:443")));
+        assert!(p.allows(&headers(Some("http://a.com:8080"), "a.com:8080")));
+        assert!(p.allows(&headers(Some("http://[::1]:8080"), "[::1]:8080")));
+        assert!(!p.allows(&headers(Some("http://a.com"), "a.com:443")));
+        assert!(!p.allows(&headers(Some("http://a.com:8080"), "a.com")));
+        assert!(!p.allows(&headers(Some("http://b.com"), "a.com")));
+        assert!(!p.allows(&headers(Some("http://a.com/x"), "a.com")));
+        assert!(!p.allows(&headers(Some("not an origin"), "a.com")));
+        assert!(!p.allows(&headers(Some("null"), "a.com")));
+    }
+
+    #[test]
+    fn listed_origins_pass_whatever_the_host() {
+        let p = policy(&["https://app.example.com/", "http://localhost:3000", "null"]);
+        assert!(p.allows(&headers(Some("https://app.example.com"), "api.example.com")));
+        assert!(p.allows(&headers(Some("https://APP.example.com:443"), "x")));
+        assert!(p.allows(&headers(Some("http://localhost:3000"), "x")));
+        assert!(p.allows(&headers(Some("null"), "x")));
+        assert!(!p.allows(&headers(Some("http://app.example.com"), "x")));
+        assert!(!p.allows(&headers(Some("http://localhost:3001"), "x")));
+        assert!(policy(&["*"]).allows(&headers(Some("http://evil.example"), "x")));
+    }
+
+    #[test]
+    fn entries_that_are_not_origins_are_refused() {
+        for bad in [
+            "app.example.com",
+            "https://a.com/path",
+            "https://user@a.com",
+        ] {
+            let cfg = Config {
+                allowed_origins: vec![bad.into()],
+                ..Config::default()
+            };
+            let e = OriginPolicy::from_config(&cfg).unwrap_err();
+            assert!(e.contains(ENV_ALLOWED_ORIGINS), "{e}");
+        }
+    }
+}

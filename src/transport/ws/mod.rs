@@ -1,0 +1,102 @@
+//! The WebSocket transport: `GET /ws`.
+//!
+//! # Layout
+//! - this file: the checks before the upgrade (shutdown, Origin, a
+//!   `?token=`) and the socket's size limits.
+//! - [`handshake`]: waiting for the `auth` frame of a client without a token.
+//! - [`conn`]: the connection task, its writer and the close handshake.
+
+mod conn;
+mod handshake;
+
+use axum::{
+    extract::{
+        Query, State, WebSocketUpgrade, rejection::QueryRejection,
+        ws::rejection::WebSocketUpgradeRejection,
+    },
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+};
+use serde::Deserialize;
+
+use crate::{config::Config, http_error::HttpError, metrics, state::AppState};
+
+/// tungstenite's own limit is this many times `max_frame`: frames between
+/// the two are read whole and refused by us with a clean 1009 close;
+/// tungstenite aborts beyond it, which leaves unread input (see
+/// `conn::finish`).
+const HARD_FRAME_FACTOR: usize = 4;
+
+#[derive(Debug, Deserialize)]
+pub struct WsQuery {
+    token: Option<String>,
+}
+
+/// `GET /ws`: checks Origin and `?token=`, then upgrades.
+pub async fn handler(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<WsQuery>, QueryRejection>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    if state.shutdown.is_triggered() {
+        metrics::connection_rejected("shutting_down");
+        return HttpError::shutting_down().into_response();
+    }
+    if !state.origins.allows(&headers) {
+        metrics::connection_rejected("origin");
+        return HttpError::new(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            "this Origin may not open WebSocket connections (see --allowed-origins)",
+        )
+        .into_response();
+    }
+    let upgrade = match upgrade {
+        Ok(u) => u,
+        Err(rejection) => {
+            metrics::connection_rejected("not_websocket");
+            return HttpError::new(
+                rejection.status(),
+                "websocket_required",
+                rejection.body_text(),
+            )
+            .into_response();
+        }
+    };
+    let token = match query {
+        Ok(Query(q)) => q.token,
+        Err(rejection) => {
+            metrics::connection_rejected("bad_request");
+            return HttpError::bad_request("invalid_query", rejection.body_text()).into_response();
+        }
+    };
+    let creds = match token.map(|t| state.auth.verify(&t)) {
+        None => None,
+        Some(Ok(creds)) => Some(creds),
+        Some(Err(e)) => {
+            metrics::connection_rejected("unauthorized");
+            return HttpError::from(e).into_response();
+        }
+    };
+    let cfg = &state.cfg;
+    let tracker = state.shutdown.tracker().clone();
+    upgrade
+        .read_buffer_size(cfg.ws_read_buffer as usize)
+        .write_buffer_size(cfg.ws_write_buffer as usize)
+        .max_write_buffer_size(max_write_buffer(cfg))
+        .max_message_size((cfg.max_frame as usize).saturating_mul(HARD_FRAME_FACTOR))
+        .max_frame_size((cfg.max_frame as usize).saturating_mul(HARD_FRAME_FACTOR))
+        .on_upgrade(move |socket| tracker.track_future(conn::run(socket, state, creds)))
+}
+
+/// tungstenite's hard cap on buffered outgoing bytes. Our own queue is the
+/// real bound; this only has to exceed the write buffer (tungstenite
+/// requires it) plus what one flush may hold: a queue's worth and one
+/// large message published straight to Redis.
+fn max_write_buffer(cfg: &Config) -> usize {
+    const LARGEST_MESSAGE: usize = 16 << 20;
+    (cfg.ws_write_buffer as usize)
+        .saturating_add((cfg.outbound_queue as usize).saturating_mul(2))
+        .saturating_add(LARGEST_MESSAGE)
+}
