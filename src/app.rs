@@ -6,7 +6,6 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context;
 use axum::{Router, routing::get};
 use tokio::{net::TcpListener, sync::mpsc, task::JoinHandle};
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     api,
@@ -88,10 +87,6 @@ pub struct App {
     /// The HTTP server task; ends once shutdown is triggered and in-flight
     /// requests are done.
     server: JoinHandle<std::io::Result<()>>,
-    /// Broker, dispatch and linger tasks: they outlive the drain.
-    background: TaskTracker,
-    /// Stops the dispatch and linger tasks once connections are gone.
-    background_stop: CancellationToken,
 }
 
 /// Starts a gateway on `settings.config().listen` (port 0 picks a free
@@ -107,8 +102,7 @@ pub async fn spawn(settings: Settings, shutdown: Shutdown) -> anyhow::Result<App
     let metrics = metrics::install();
     // Broker and dispatch tasks run until the connections are drained,
     // which the shutdown token alone would cut short.
-    let background = TaskTracker::new();
-    let background_stop = CancellationToken::new();
+    let background = shutdown.background();
     let (events_tx, events_rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
     let (broker, linger) = match redis {
         None => {
@@ -121,7 +115,7 @@ pub async fn spawn(settings: Settings, shutdown: Shutdown) -> anyhow::Result<App
             )
         }
         Some(opts) => {
-            let broker = RedisBroker::connect(opts, events_tx, &background)
+            let broker = RedisBroker::connect(opts, events_tx, background)
                 .await
                 .context("connecting to Redis")?;
             (AnyBroker::Redis(broker), cfg.unsubscribe_linger)
@@ -140,8 +134,9 @@ pub async fn spawn(settings: Settings, shutdown: Shutdown) -> anyhow::Result<App
     node.start()
         .await
         .context("subscribing the node's own channels")?;
-    background.spawn(node.clone().dispatch(events_rx, background_stop.clone()));
-    background.spawn(node.clone().dissolve(background_stop.clone()));
+    let stop = shutdown.background_token();
+    background.spawn(node.clone().dispatch(events_rx, stop.clone()));
+    background.spawn(node.clone().dissolve(stop.clone()));
 
     let listener = bind(cfg.listen)
         .with_context(|| format!("binding the client listener on {}", cfg.listen))?;
@@ -185,8 +180,6 @@ pub async fn spawn(settings: Settings, shutdown: Shutdown) -> anyhow::Result<App
         internal_addr,
         state,
         server,
-        background,
-        background_stop,
     })
 }
 
@@ -261,13 +254,12 @@ impl App {
                 "shutdown grace period over; exiting with connections still open"
             );
         }
-        self.background_stop.cancel();
+        shutdown.stop_background();
         // QUIT to Redis; a dead Redis must not hold the exit up.
         let _ = tokio::time::timeout(Duration::from_secs(2), self.state.node.close()).await;
-        self.background.close();
         let _ = tokio::time::timeout_at(
             deadline.max(tokio::time::Instant::now()) + Duration::from_secs(1),
-            self.background.wait(),
+            shutdown.background_stopped(),
         )
         .await;
         metrics::draining(false);
