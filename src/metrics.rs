@@ -51,8 +51,140 @@ pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
 pub const PROCESS_MAX_FDS: &str = "process_max_fds";
 pub const PROCESS_START_TIME: &str = "process_start_time_seconds";
 
-/// Transport label value.
-pub const WEBSOCKET: &str = "websocket";
+// === label values ===
+
+/// Why a connection was refused before it was registered
+/// (`fanout_connections_rejected_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejected {
+    ShuttingDown,
+    Origin,
+    NotWebsocket,
+    BadRequest,
+    Unauthorized,
+    AuthFailed,
+    BadFrame,
+    BrokerUnavailable,
+}
+
+impl Rejected {
+    pub const ALL: [Self; 8] = [
+        Self::ShuttingDown,
+        Self::Origin,
+        Self::NotWebsocket,
+        Self::BadRequest,
+        Self::Unauthorized,
+        Self::AuthFailed,
+        Self::BadFrame,
+        Self::BrokerUnavailable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ShuttingDown => "shutting_down",
+            Self::Origin => "origin",
+            Self::NotWebsocket => "not_websocket",
+            Self::BadRequest => "bad_request",
+            Self::Unauthorized => "unauthorized",
+            Self::AuthFailed => "auth_failed",
+            Self::BadFrame => "bad_frame",
+            Self::BrokerUnavailable => "broker_unavailable",
+        }
+    }
+}
+
+/// How a registered connection ended (`fanout_disconnects_total{reason,code}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// fanout closed it, with this reason and its close code.
+    Closed(CloseReason),
+    /// The client sent a close frame.
+    ClientClosed,
+    /// The connection went away without one.
+    ConnectionLost,
+}
+
+impl Ended {
+    fn labels(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Closed(reason) => (reason.as_str(), reason.code_str()),
+            Self::ClientClosed => ("client_closed", "none"),
+            Self::ConnectionLost => ("connection_lost", "none"),
+        }
+    }
+}
+
+/// Why messages from the broker were dropped
+/// (`fanout_broker_messages_dropped_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerDrop {
+    InvalidJson,
+    InvalidField,
+    UnknownCommand,
+    TooLarge,
+    /// A command on a channel where it means nothing.
+    Misdirected,
+    /// fred's receive buffer overflowed.
+    Lagged,
+}
+
+impl BrokerDrop {
+    pub const ALL: [Self; 6] = [
+        Self::InvalidJson,
+        Self::InvalidField,
+        Self::UnknownCommand,
+        Self::TooLarge,
+        Self::Misdirected,
+        Self::Lagged,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidJson => "invalid_json",
+            Self::InvalidField => "invalid_field",
+            Self::UnknownCommand => "unknown_command",
+            Self::TooLarge => "too_large",
+            Self::Misdirected => "misdirected",
+            Self::Lagged => "lagged",
+        }
+    }
+}
+
+/// A broker command (`fanout_broker_commands_total{op}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerOp {
+    Publish,
+    Subscribe,
+    Unsubscribe,
+}
+
+impl BrokerOp {
+    pub const ALL: [Self; 3] = [Self::Publish, Self::Subscribe, Self::Unsubscribe];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Publish => "publish",
+            Self::Subscribe => "subscribe",
+            Self::Unsubscribe => "unsubscribe",
+        }
+    }
+}
+
+/// A client transport (`transport` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    WebSocket,
+}
+
+impl Transport {
+    pub const ALL: [Self; 1] = [Self::WebSocket];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::WebSocket => "websocket",
+        }
+    }
+}
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -195,42 +327,29 @@ pub fn install() -> PrometheusHandle {
 /// Every series with a fixed label set exists from the start (at zero), so
 /// `rate()` and alerts work before the first event.
 fn register_zeroes() {
-    for reason in [
-        "shutting_down",
-        "origin",
-        "not_websocket",
-        "bad_request",
-        "unauthorized",
-        "auth_failed",
-        "bad_frame",
-        "broker_unavailable",
-    ] {
-        counter!(CONNECTIONS_REJECTED, "reason" => reason).absolute(0);
+    for reason in Rejected::ALL {
+        counter!(CONNECTIONS_REJECTED, "reason" => reason.as_str()).absolute(0);
     }
     // (Unavailable and unauthorized closes happen before registration:
     // counted as rejected.)
-    let reasons = [
-        CloseReason::Shutdown { retry_after_ms: 0 },
-        CloseReason::TokenExpired,
-        CloseReason::SlowConsumer { retry_after_ms: 0 },
-        CloseReason::WriteError,
-        CloseReason::IdleTimeout,
-        CloseReason::Unauthorized,
-        CloseReason::ProtocolViolation,
-        CloseReason::Kicked,
-        CloseReason::MessageTooBig,
-    ];
-    for r in reasons
+    let ended = CloseReason::ALL
         .into_iter()
-        .filter(|r| *r != CloseReason::Unauthorized)
-    {
-        counter!(DISCONNECTS, "reason" => r.as_str(), "code" => r.code_str()).absolute(0);
+        .filter(|r| {
+            !matches!(
+                r,
+                CloseReason::Unauthorized | CloseReason::Unavailable { .. }
+            )
+        })
+        .map(Ended::Closed)
+        .chain([Ended::ClientClosed, Ended::ConnectionLost]);
+    for e in ended {
+        let (reason, code) = e.labels();
+        counter!(DISCONNECTS, "reason" => reason, "code" => code).absolute(0);
     }
-    for reason in ["client_closed", "connection_lost"] {
-        counter!(DISCONNECTS, "reason" => reason, "code" => "none").absolute(0);
+    for t in Transport::ALL {
+        counter!(CONNECTIONS_ACCEPTED, "transport" => t.as_str()).absolute(0);
+        gauge!(CONNECTIONS_ACTIVE, "transport" => t.as_str()).increment(0.0);
     }
-    counter!(CONNECTIONS_ACCEPTED, "transport" => WEBSOCKET).absolute(0);
-    gauge!(CONNECTIONS_ACTIVE, "transport" => WEBSOCKET).increment(0.0);
     gauge!(USERS_ONLINE).increment(0.0);
     gauge!(GROUPS_ACTIVE).increment(0.0);
     gauge!(BROKER_SUBSCRIPTIONS).increment(0.0);
@@ -240,19 +359,12 @@ fn register_zeroes() {
     counter!(FRAMES_SENT).absolute(0);
     counter!(MESSAGES_DROPPED, "reason" => "slow_consumer").absolute(0);
     counter!(BROKER_MESSAGES_RECEIVED).absolute(0);
-    for reason in [
-        "invalid_json",
-        "invalid_field",
-        "unknown_command",
-        "too_large",
-        "misdirected",
-        "lagged",
-    ] {
-        counter!(BROKER_MESSAGES_DROPPED, "reason" => reason).absolute(0);
+    for reason in BrokerDrop::ALL {
+        counter!(BROKER_MESSAGES_DROPPED, "reason" => reason.as_str()).absolute(0);
     }
-    for op in ["publish", "subscribe", "unsubscribe"] {
-        counter!(BROKER_COMMANDS, "op" => op).absolute(0);
-        counter!(BROKER_ERRORS, "op" => op).absolute(0);
+    for op in BrokerOp::ALL {
+        counter!(BROKER_COMMANDS, "op" => op.as_str()).absolute(0);
+        counter!(BROKER_ERRORS, "op" => op.as_str()).absolute(0);
     }
     counter!(BROKER_RECONNECTS).absolute(0);
     counter!(BROKER_PROBE_FAILURES).absolute(0);
@@ -260,19 +372,20 @@ fn register_zeroes() {
 
 // === connections ===
 
-pub fn connection_opened() {
-    counter!(CONNECTIONS_ACCEPTED, "transport" => WEBSOCKET).increment(1);
-    gauge!(CONNECTIONS_ACTIVE, "transport" => WEBSOCKET).increment(1.0);
+pub fn connection_opened(transport: Transport) {
+    counter!(CONNECTIONS_ACCEPTED, "transport" => transport.as_str()).increment(1);
+    gauge!(CONNECTIONS_ACTIVE, "transport" => transport.as_str()).increment(1.0);
 }
 
-pub fn connection_closed(reason: &'static str, code: &'static str) {
-    gauge!(CONNECTIONS_ACTIVE, "transport" => WEBSOCKET).decrement(1.0);
+pub fn connection_closed(transport: Transport, ended: Ended) {
+    let (reason, code) = ended.labels();
+    gauge!(CONNECTIONS_ACTIVE, "transport" => transport.as_str()).decrement(1.0);
     counter!(DISCONNECTS, "reason" => reason, "code" => code).increment(1);
 }
 
 /// A connection refused before it was registered.
-pub fn connection_rejected(reason: &'static str) {
-    counter!(CONNECTIONS_REJECTED, "reason" => reason).increment(1);
+pub fn connection_rejected(reason: Rejected) {
+    counter!(CONNECTIONS_REJECTED, "reason" => reason.as_str()).increment(1);
 }
 
 pub fn users_online(delta: f64) {
@@ -297,8 +410,9 @@ pub fn slow_consumer() {
     counter!(SLOW_CONSUMERS).increment(1);
 }
 
-pub fn messages_dropped(reason: &'static str, n: usize) {
-    counter!(MESSAGES_DROPPED, "reason" => reason).increment(n as u64);
+/// Messages dropped from a slow consumer's queue when it was cut off.
+pub fn slow_consumer_dropped(n: usize) {
+    counter!(MESSAGES_DROPPED, "reason" => "slow_consumer").increment(n as u64);
 }
 
 /// One socket write of `frames` frames; `oldest_ts_ms` is the publish time
@@ -351,14 +465,14 @@ pub fn broker_received() {
     counter!(BROKER_MESSAGES_RECEIVED).increment(1);
 }
 
-pub fn broker_dropped(reason: &'static str, n: u64) {
-    counter!(BROKER_MESSAGES_DROPPED, "reason" => reason).increment(n);
+pub fn broker_dropped(reason: BrokerDrop, n: u64) {
+    counter!(BROKER_MESSAGES_DROPPED, "reason" => reason.as_str()).increment(n);
 }
 
-pub fn broker_command(op: &'static str, ok: bool) {
-    counter!(BROKER_COMMANDS, "op" => op).increment(1);
+pub fn broker_command(op: BrokerOp, ok: bool) {
+    counter!(BROKER_COMMANDS, "op" => op.as_str()).increment(1);
     if !ok {
-        counter!(BROKER_ERRORS, "op" => op).increment(1);
+        counter!(BROKER_ERRORS, "op" => op.as_str()).increment(1);
     }
 }
 

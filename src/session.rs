@@ -125,7 +125,7 @@ impl Session {
                 q.bytes = 0;
                 drop(q);
                 crate::metrics::slow_consumer();
-                crate::metrics::messages_dropped("slow_consumer", dropped);
+                crate::metrics::slow_consumer_dropped(dropped);
                 self.inner.wake.notify_one();
                 self.inner.closing.notify_one();
                 return Err(PushError::Full);

@@ -11,7 +11,10 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{Command, Envelope};
-use crate::protocol::{Publication, is_valid_event, is_valid_name, null_value};
+use crate::{
+    metrics::BrokerDrop,
+    protocol::{Publication, is_valid_event, is_valid_name, null_value},
+};
 
 /// Largest body accepted from the broker: bigger ones could not be written
 /// to a WebSocket client (see `max_write_buffer` in the transport).
@@ -30,13 +33,13 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
-    /// Low-cardinality label for metrics.
-    pub fn as_str(self) -> &'static str {
+    /// How the drop is counted.
+    pub fn metric(self) -> BrokerDrop {
         match self {
-            Self::TooLarge => "too_large",
-            Self::NotJson => "invalid_json",
-            Self::BadField => "invalid_field",
-            Self::UnknownCommand => "unknown_command",
+            Self::TooLarge => BrokerDrop::TooLarge,
+            Self::NotJson => BrokerDrop::InvalidJson,
+            Self::BadField => BrokerDrop::InvalidField,
+            Self::UnknownCommand => BrokerDrop::UnknownCommand,
         }
     }
 }

@@ -11,7 +11,7 @@ use super::{Node, NodeError};
 use crate::{
     broker::{BrokerEvent, Command, Envelope},
     hub::Counts,
-    metrics,
+    metrics::{self, BrokerDrop},
     protocol::{self, Channel, ChannelKind, CloseReason},
     session::Session,
 };
@@ -46,7 +46,7 @@ impl Node {
                     ChannelKind::All => hub.broadcast_all(&frame, p.ts),
                     ChannelKind::Node(_) => {
                         // Node channels carry replies only.
-                        metrics::broker_dropped("misdirected", 1);
+                        metrics::broker_dropped(BrokerDrop::Misdirected, 1);
                         return;
                     }
                 };
@@ -106,7 +106,7 @@ impl Node {
             }
             (_, cmd) => {
                 // Only a misbehaving publisher sends these: count, don't log each.
-                metrics::broker_dropped("misdirected", 1);
+                metrics::broker_dropped(BrokerDrop::Misdirected, 1);
                 tracing::debug!(%channel, ?cmd, "command not valid on this channel; ignored");
             }
         }

@@ -44,7 +44,10 @@ use self::{
     shards::Shard,
 };
 use super::{Broker, BrokerError, BrokerEvent, Envelope, Health, wire};
-use crate::{metrics, protocol::Channel};
+use crate::{
+    metrics::{self, BrokerOp},
+    protocol::Channel,
+};
 
 /// fred's per-client receive buffer (its default, 32, loses messages).
 const RECEIVE_BUFFER: usize = 16_384;
@@ -197,7 +200,7 @@ impl Broker for RedisBroker {
     async fn publish(&self, channel: &Channel, envelope: &Envelope) -> Result<usize, BrokerError> {
         let publisher = &self.inner.publisher;
         if !publisher.is_connected() {
-            metrics::broker_command("publish", false);
+            metrics::broker_command(BrokerOp::Publish, false);
             return Err(BrokerError::Unavailable("not connected to Redis".into()));
         }
         let name = self.full_name(channel);
@@ -207,7 +210,7 @@ impl Broker for RedisBroker {
         } else {
             publisher.publish(name, payload).await
         };
-        metrics::broker_command("publish", r.is_ok());
+        metrics::broker_command(BrokerOp::Publish, r.is_ok());
         r.map(|n| n.max(0) as usize).map_err(|e| unavailable(&e))
     }
 

@@ -26,7 +26,7 @@ use tokio::sync::{broadcast::error::RecvError, mpsc};
 use super::{RedisBroker, unavailable};
 use crate::{
     broker::{BrokerError, BrokerEvent, wire},
-    metrics,
+    metrics::{self, BrokerDrop, BrokerOp},
     protocol::Channel,
 };
 
@@ -64,7 +64,7 @@ impl RedisBroker {
             let msg = match msg {
                 Ok(msg) => msg,
                 Err(RecvError::Lagged(n)) => {
-                    metrics::broker_dropped("lagged", n);
+                    metrics::broker_dropped(BrokerDrop::Lagged, n);
                     tracing::warn!(lost = n, "Redis receive buffer overflowed; messages lost");
                     continue;
                 }
@@ -83,7 +83,7 @@ impl RedisBroker {
             let envelope = match wire::decode(payload, crate::ids::message_id) {
                 Ok(e) => e,
                 Err(e) => {
-                    metrics::broker_dropped(e.as_str(), 1);
+                    metrics::broker_dropped(e.metric(), 1);
                     invalid_log.warn(&channel, e);
                     continue;
                 }
@@ -145,7 +145,7 @@ impl RedisBroker {
         shard.wanted.lock().extend(names.iter().cloned());
         if !shard.client.is_connected() {
             shard.wanted.lock().retain(|n| !names.contains(n));
-            metrics::broker_command("subscribe", false);
+            metrics::broker_command(BrokerOp::Subscribe, false);
             return Err(BrokerError::Unavailable("not connected to Redis".into()));
         }
         let r = self.redis_subscribe(shard, names.clone()).await;
@@ -155,7 +155,7 @@ impl RedisBroker {
                 wanted.remove(n);
             }
         }
-        metrics::broker_command("subscribe", r.is_ok());
+        metrics::broker_command(BrokerOp::Subscribe, r.is_ok());
         r
     }
 
@@ -183,7 +183,7 @@ impl RedisBroker {
         } else {
             shard.client.unsubscribe(names).await
         };
-        metrics::broker_command("unsubscribe", r.is_ok());
+        metrics::broker_command(BrokerOp::Unsubscribe, r.is_ok());
         if let Err(e) = r {
             tracing::warn!(error = %e, "unsubscribe failed");
         }

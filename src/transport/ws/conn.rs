@@ -19,7 +19,7 @@ use crate::{
     client::{self, Client, Outcome},
     config::Config,
     ids::jitter_ms,
-    metrics,
+    metrics::{self, Ended, Rejected, Transport},
     protocol::{CloseReason, error_frame},
     shutdown::Shutdown,
     state::AppState,
@@ -37,9 +37,11 @@ pub(super) async fn run(mut socket: WebSocket, state: AppState, creds: Option<Cr
             Ok(c) => c,
             Err(reason) => {
                 metrics::connection_rejected(match reason {
-                    CloseReason::Shutdown { .. } => "shutting_down",
-                    CloseReason::MessageTooBig | CloseReason::ProtocolViolation => "bad_frame",
-                    _ => "auth_failed",
+                    CloseReason::Shutdown { .. } => Rejected::ShuttingDown,
+                    CloseReason::MessageTooBig | CloseReason::ProtocolViolation => {
+                        Rejected::BadFrame
+                    }
+                    _ => Rejected::AuthFailed,
                 });
                 finish(&mut socket, reason, state.cfg.write_timeout).await;
                 return;
@@ -50,7 +52,7 @@ pub(super) async fn run(mut socket: WebSocket, state: AppState, creds: Option<Cr
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(error = %e, "cannot register connection");
-            metrics::connection_rejected("broker_unavailable");
+            metrics::connection_rejected(Rejected::BrokerUnavailable);
             let _ = socket
                 .send(text(error_frame(
                     None,
@@ -67,27 +69,27 @@ pub(super) async fn run(mut socket: WebSocket, state: AppState, creds: Option<Cr
             return;
         }
     };
-    metrics::connection_opened();
+    metrics::connection_opened(Transport::WebSocket);
     let AppState { cfg, shutdown, .. } = state;
     let mut conn = Conn::new(socket, client, cfg);
     let write_timeout = conn.cfg.write_timeout;
     let ended = match conn.serve(&shutdown).await {
         Some(reason) => {
             finish(&mut conn.socket, reason, write_timeout).await;
-            (reason.as_str(), reason.code_str())
+            Ended::Closed(reason)
         }
         // The client closed: send the close reply tungstenite has queued.
         None => {
             let _ = timeout(write_timeout, conn.socket.flush()).await;
             if conn.peer_closed {
-                ("client_closed", "none")
+                Ended::ClientClosed
             } else {
-                ("connection_lost", "none")
+                Ended::ConnectionLost
             }
         }
     };
     conn.client.disconnect().await;
-    metrics::connection_closed(ended.0, ended.1);
+    metrics::connection_closed(Transport::WebSocket, ended);
 }
 
 /// Maps a read error to a close we can still send, or `None` when the

@@ -19,7 +19,12 @@ use axum::{
 };
 use serde::Deserialize;
 
-use crate::{config::Config, http_error::HttpError, metrics, state::AppState};
+use crate::{
+    config::Config,
+    http_error::HttpError,
+    metrics::{self, Rejected},
+    state::AppState,
+};
 
 /// tungstenite's own limit is this many times `max_frame`: frames between
 /// the two are read whole and refused by us with a clean 1009 close;
@@ -40,11 +45,11 @@ pub async fn handler(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     if state.shutdown.is_triggered() {
-        metrics::connection_rejected("shutting_down");
+        metrics::connection_rejected(Rejected::ShuttingDown);
         return HttpError::shutting_down().into_response();
     }
     if !state.origins.allows(&headers) {
-        metrics::connection_rejected("origin");
+        metrics::connection_rejected(Rejected::Origin);
         return HttpError::new(
             StatusCode::FORBIDDEN,
             "origin_not_allowed",
@@ -55,7 +60,7 @@ pub async fn handler(
     let upgrade = match upgrade {
         Ok(u) => u,
         Err(rejection) => {
-            metrics::connection_rejected("not_websocket");
+            metrics::connection_rejected(Rejected::NotWebsocket);
             return HttpError::new(
                 rejection.status(),
                 "websocket_required",
@@ -67,7 +72,7 @@ pub async fn handler(
     let token = match query {
         Ok(Query(q)) => q.token,
         Err(rejection) => {
-            metrics::connection_rejected("bad_request");
+            metrics::connection_rejected(Rejected::BadRequest);
             return HttpError::bad_request("invalid_query", rejection.body_text()).into_response();
         }
     };
@@ -75,7 +80,7 @@ pub async fn handler(
         None => None,
         Some(Ok(creds)) => Some(creds),
         Some(Err(e)) => {
-            metrics::connection_rejected("unauthorized");
+            metrics::connection_rejected(Rejected::Unauthorized);
             return HttpError::from(e).into_response();
         }
     };
