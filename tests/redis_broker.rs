@@ -100,6 +100,48 @@ async fn three_nodes_deliver_once_and_only_where_needed() {
     );
 }
 
+/// One publish to many users and a group through Redis: every connected
+/// user's connection gets the message exactly once, whichever node holds
+/// it, and `offline_users` lists exactly the others, in request order.
+#[tokio::test]
+async fn a_many_target_publish_reaches_each_target_once() {
+    if !support::redis::available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let (a, b) = (node("a", &redis), node("b", &redis));
+    let mut clients = Vec::new();
+    let mut users = Vec::new();
+    let mut offline = Vec::new();
+    for i in 0..60 {
+        let uid = format!("m{i}");
+        match i % 3 {
+            0 => clients.push((uid.clone(), a.client(&uid).await)),
+            1 => clients.push((uid.clone(), b.client(&uid).await)),
+            _ => offline.push(uid.clone()),
+        }
+        users.push(uid);
+    }
+    clients[0].1.join("many").await;
+    let (s, body) = a
+        .publish(json!({"users": users, "groups": ["many"]}), json!("fan"))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["offline_users"], json!(offline));
+    let id = body["id"].as_str().unwrap().to_owned();
+    for (i, (uid, c)) in clients.iter_mut().enumerate() {
+        let m = expect_message(c, &id).await;
+        assert_eq!(m["channel"], format!("user:{uid}"), "{m}");
+        if i == 0 {
+            // Reached through the group too: one frame per target.
+            let m = expect_message(c, &id).await;
+            assert_eq!(m["channel"], "group:many", "{m}");
+        }
+        let end = marker(&b, uid).await;
+        assert_eq!(c.read_until(&end).await, Vec::<Value>::new(), "{uid}");
+    }
+}
+
 /// Groups and broadcasts span nodes; kick and server-side join issued on
 /// one node act on the user's connections on every node.
 #[tokio::test]
@@ -402,6 +444,15 @@ async fn cluster_uses_sharded_pubsub_across_shards() {
         let raw = format!(r#"{{"data":"raw","id":"raw-{uid}","ts":1}}"#);
         support::redis::cli(*owner, &["SPUBLISH", &format!("fanout:user:{uid}"), &raw]);
         expect_message(c, &format!("raw-{uid}")).await;
+    }
+    // One publish to users on every shard (SPUBLISH routed per slot).
+    let mut to: Vec<&str> = uids.iter().map(|(u, _)| u.as_str()).collect();
+    to.push("ghost");
+    let (s, body) = b.publish(json!({ "users": to }), json!("all-shards")).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["offline_users"], json!(["ghost"]));
+    for c in &mut clients {
+        expect_message(c, body["id"].as_str().unwrap()).await;
     }
     // Groups and broadcasts too.
     clients[0].join("shared").await;

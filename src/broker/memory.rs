@@ -59,8 +59,9 @@ pub struct MemoryBroker {
     events: mpsc::Sender<BrokerEvent>,
 }
 
-impl Broker for MemoryBroker {
-    async fn publish(&self, channel: &Channel, envelope: &Envelope) -> Result<usize, BrokerError> {
+impl MemoryBroker {
+    /// Delivers to every node subscribed to `channel`; returns how many.
+    async fn publish_one(&self, channel: &Channel, envelope: &Envelope) -> usize {
         let targets: Vec<mpsc::Sender<BrokerEvent>> = self
             .bus
             .subs
@@ -79,7 +80,23 @@ impl Broker for MemoryBroker {
                 delivered += 1;
             }
         }
-        Ok(delivered)
+        delivered
+    }
+}
+
+impl Broker for MemoryBroker {
+    async fn publish(
+        &self,
+        channels: &[Channel],
+        envelope: &Envelope,
+    ) -> Result<Vec<usize>, BrokerError> {
+        // Nothing to encode or wait for on the wire: the envelope (an
+        // `Arc`) is handed to each subscribed node in turn.
+        let mut counts = Vec::with_capacity(channels.len());
+        for channel in channels {
+            counts.push(self.publish_one(channel, envelope).await);
+        }
+        Ok(counts)
     }
 
     async fn subscribe(&self, channels: &[Channel]) -> Result<(), BrokerError> {
@@ -132,11 +149,18 @@ mod tests {
         let ch = Channel::user("1");
         b1.subscribe(std::slice::from_ref(&ch)).await.unwrap();
         let env = Envelope::Command(Command::Disconnect);
-        assert_eq!(b2.publish(&ch, &env).await.unwrap(), 1);
+        let other = Channel::user("2");
+        assert_eq!(
+            b2.publish(&[ch.clone(), other], &env).await.unwrap(),
+            vec![1, 0]
+        );
         assert_eq!(rx1.recv().await.unwrap().channel, ch);
         assert!(rx2.try_recv().is_err());
         b1.unsubscribe(std::slice::from_ref(&ch)).await.unwrap();
-        assert_eq!(b2.publish(&ch, &env).await.unwrap(), 0);
+        assert_eq!(
+            b2.publish(std::slice::from_ref(&ch), &env).await.unwrap(),
+            vec![0]
+        );
         assert_eq!(bus.channel_count(), 0);
     }
 }

@@ -91,14 +91,20 @@ pub enum BrokerError {
 
 /// What every broker guarantees.
 pub trait Broker: Send + Sync + 'static {
-    /// Publishes `envelope` on `channel`, at most once, in per-channel
-    /// publish order. Returns how many nodes were subscribed (0 means no
-    /// node holds a subscriber right now).
+    /// Publishes `envelope` on every channel of `channels`, at most once
+    /// each. The envelope is encoded once for all of them, and the
+    /// channels are published concurrently (on Redis, pipelined on one
+    /// connection), not one round trip after another. Resolves once every
+    /// channel is published, so publishes made one after the other keep
+    /// their order on each channel. Returns, for each channel in order, how
+    /// many nodes were subscribed (0: no node holds a subscriber right
+    /// now). On an error some channels may have been published: the
+    /// outcome of the others is unknown.
     fn publish(
         &self,
-        channel: &Channel,
+        channels: &[Channel],
         envelope: &Envelope,
-    ) -> impl Future<Output = Result<usize, BrokerError>> + Send;
+    ) -> impl Future<Output = Result<Vec<usize>, BrokerError>> + Send;
 
     /// Starts delivering `channels` to this node; resolves once deliveries
     /// are guaranteed. Subscribing twice is harmless.
@@ -135,10 +141,14 @@ pub enum AnyBroker {
 }
 
 impl Broker for AnyBroker {
-    async fn publish(&self, channel: &Channel, envelope: &Envelope) -> Result<usize, BrokerError> {
+    async fn publish(
+        &self,
+        channels: &[Channel],
+        envelope: &Envelope,
+    ) -> Result<Vec<usize>, BrokerError> {
         match self {
-            Self::Memory(b) => b.publish(channel, envelope).await,
-            Self::Redis(b) => b.publish(channel, envelope).await,
+            Self::Memory(b) => b.publish(channels, envelope).await,
+            Self::Redis(b) => b.publish(channels, envelope).await,
         }
     }
 

@@ -257,20 +257,28 @@ impl Node {
     ) -> Result<Published, NodeError> {
         let id = publication.id.clone();
         let envelope = Envelope::Publication(Arc::new(publication));
-        let broker = &self.inner.broker;
-        let mut offline_users = Vec::new();
         if targets.all {
-            broker.publish(&Channel::all(), &envelope).await?;
-        } else {
-            for uid in &targets.users {
-                if broker.publish(&Channel::user(uid), &envelope).await? == 0 {
-                    offline_users.push(uid.clone());
-                }
-            }
-            for group in &targets.groups {
-                broker.publish(&Channel::group(group), &envelope).await?;
-            }
+            self.inner
+                .broker
+                .publish(&[Channel::all()], &envelope)
+                .await?;
+            return Ok(Published {
+                id,
+                offline_users: Vec::new(),
+            });
         }
+        let channels: Vec<Channel> = (targets.users.iter().map(|u| Channel::user(u)))
+            .chain(targets.groups.iter().map(|g| Channel::group(g)))
+            .collect();
+        let receivers = self.inner.broker.publish(&channels, &envelope).await?;
+        // The first receiver counts are the users', in the users' order.
+        let offline_users = targets
+            .users
+            .iter()
+            .zip(&receivers)
+            .filter(|(_, n)| **n == 0)
+            .map(|(uid, _)| uid.clone())
+            .collect();
         Ok(Published { id, offline_users })
     }
 
@@ -308,12 +316,12 @@ impl Node {
     /// that user act on them, and the broker's receiver count says whether
     /// any does.
     async fn command(&self, uid: &str, command: Command) -> Result<bool, NodeError> {
-        let n = self
+        let receivers = self
             .inner
             .broker
-            .publish(&Channel::user(uid), &Envelope::Command(command))
+            .publish(&[Channel::user(uid)], &Envelope::Command(command))
             .await?;
-        Ok(n > 0)
+        Ok(receivers.iter().any(|n| *n > 0))
     }
 
     /// This node's registry counts.

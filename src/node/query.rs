@@ -94,10 +94,15 @@ impl Node {
             },
         );
         let query = Envelope::Command(make(req, self.id().to_owned()));
-        match self.inner.broker.publish(channel, &query).await {
-            Ok(n) => {
+        match self
+            .inner
+            .broker
+            .publish(std::slice::from_ref(channel), &query)
+            .await
+        {
+            Ok(receivers) => {
                 if let Some(q) = self.inner.queries.lock().get_mut(&req) {
-                    q.expected = Some(n);
+                    q.expected = Some(receivers.iter().sum());
                     q.check_done();
                 }
             }
@@ -129,7 +134,7 @@ impl Node {
                 node: node.id().to_owned(),
                 counts,
             });
-            if let Err(e) = node.inner.broker.publish(&channel, &reply).await {
+            if let Err(e) = node.inner.broker.publish(&[channel], &reply).await {
                 tracing::debug!(error = %e, "cannot answer a cluster query");
             }
         });

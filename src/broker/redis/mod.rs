@@ -30,11 +30,13 @@ use std::{
 };
 
 use fred::{
+    bytes::Bytes,
     clients::Client,
     error::Error as FredError,
     interfaces::{ClientLike, PubsubInterface},
     types::{Builder, config::ReconnectPolicy},
 };
+use futures_util::{StreamExt, stream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -53,6 +55,8 @@ use crate::{
 const RECEIVE_BUFFER: usize = 16_384;
 /// Pending (un)subscribe requests before callers wait for the batcher.
 const OPS_QUEUE: usize = 65_536;
+/// Most PUBLISH commands of one publish in flight at once.
+const PUBLISH_IN_FLIGHT: usize = 1024;
 
 #[derive(Debug, Clone)]
 pub struct RedisBroker {
@@ -197,21 +201,45 @@ impl RedisBroker {
 }
 
 impl Broker for RedisBroker {
-    async fn publish(&self, channel: &Channel, envelope: &Envelope) -> Result<usize, BrokerError> {
+    async fn publish(
+        &self,
+        channels: &[Channel],
+        envelope: &Envelope,
+    ) -> Result<Vec<usize>, BrokerError> {
         let publisher = &self.inner.publisher;
         if !publisher.is_connected() {
-            metrics::broker_command(BrokerOp::Publish, false);
+            for _ in channels {
+                metrics::broker_command(BrokerOp::Publish, false);
+            }
             return Err(BrokerError::Unavailable("not connected to Redis".into()));
         }
-        let name = self.full_name(channel);
-        let payload = wire::encode(envelope);
-        let r: Result<i64, FredError> = if self.inner.clustered {
-            publisher.spublish(name, payload).await
-        } else {
-            publisher.publish(name, payload).await
+        // Encoded once; every PUBLISH shares the bytes.
+        let payload = Bytes::from(wire::encode(envelope));
+        let one = |channel: &Channel| {
+            let name = self.full_name(channel);
+            let payload = payload.clone();
+            async move {
+                let r: Result<i64, FredError> = if self.inner.clustered {
+                    publisher.spublish(name, payload).await
+                } else {
+                    publisher.publish(name, payload).await
+                };
+                metrics::broker_command(BrokerOp::Publish, r.is_ok());
+                r
+            }
         };
-        metrics::broker_command(BrokerOp::Publish, r.is_ok());
-        r.map(|n| n.max(0) as usize).map_err(|e| unavailable(&e))
+        // fred writes commands issued together back to back on its
+        // connection (up to 200 per flush) and matches the replies in
+        // order: one round trip for the lot. `buffered` keeps the results
+        // in channel order and bounds what is in flight.
+        let results: Vec<Result<i64, FredError>> = stream::iter(channels.iter().map(one))
+            .buffered(PUBLISH_IN_FLIGHT)
+            .collect()
+            .await;
+        results
+            .into_iter()
+            .map(|r| r.map(|n| n.max(0) as usize).map_err(|e| unavailable(&e)))
+            .collect()
     }
 
     async fn subscribe(&self, channels: &[Channel]) -> Result<(), BrokerError> {
