@@ -36,6 +36,9 @@ pub struct Settings {
     node_id: String,
     redis: Option<RedisOptions>,
     origins: Arc<OriginPolicy>,
+    /// The in-process bus to join when there is no Redis; a fresh one when
+    /// `None`. Several nodes on one bus behave like nodes on one Redis.
+    bus: Option<MemoryBus>,
 }
 
 impl Settings {
@@ -66,7 +69,15 @@ impl Settings {
             node_id,
             redis,
             origins: Arc::new(origins),
+            bus: None,
         })
+    }
+
+    /// Joins `bus` instead of a bus of its own (no effect with Redis), so
+    /// that several nodes in one process act as one service.
+    pub fn on_bus(mut self, bus: MemoryBus) -> Self {
+        self.bus = Some(bus);
+        self
     }
 
     pub fn config(&self) -> &Config {
@@ -98,6 +109,7 @@ pub async fn spawn(settings: Settings, shutdown: Shutdown) -> anyhow::Result<App
         node_id,
         redis,
         origins,
+        bus,
     } = settings;
     let metrics = metrics::install();
     // Broker and dispatch tasks run until the connections are drained,
@@ -109,7 +121,7 @@ pub async fn spawn(settings: Settings, shutdown: Shutdown) -> anyhow::Result<App
             // An in-process broker is always connected.
             metrics::broker_connected(true);
             (
-                AnyBroker::Memory(MemoryBus::new().broker(events_tx)),
+                AnyBroker::Memory(bus.unwrap_or_default().broker(events_tx)),
                 // Subscribing in-process costs nothing: no linger needed.
                 Duration::ZERO,
             )

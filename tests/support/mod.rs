@@ -16,6 +16,7 @@ use std::{net::SocketAddr, time::Duration};
 use fanout::{
     app::{self, App},
     auth::{Authenticator, JwtAlgorithm, JwtKey},
+    broker::memory::MemoryBus,
     config::Config,
     shutdown::Shutdown,
 };
@@ -93,9 +94,16 @@ impl TestServer {
     }
 
     pub async fn with(change: impl FnOnce(&mut Config)) -> Self {
+        Self::spawn(change, None).await
+    }
+
+    async fn spawn(change: impl FnOnce(&mut Config), bus: Option<MemoryBus>) -> Self {
         let mut cfg = config();
         change(&mut cfg);
-        let settings = app::Settings::from_config(cfg.clone()).expect("test config is valid");
+        let mut settings = app::Settings::from_config(cfg.clone()).expect("test config is valid");
+        if let Some(bus) = bus {
+            settings = settings.on_bus(bus);
+        }
         let shutdown = Shutdown::new();
         let app = app::spawn(settings, shutdown.clone())
             .await
@@ -217,6 +225,38 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.shutdown.trigger();
+        self.shutdown.stop_background();
+    }
+}
+
+/// `N` nodes in this process on one in-process bus: they act as one
+/// service, as nodes on one Redis do, without Redis. Node ids are
+/// `node-0`, `node-1`, …
+pub async fn spawn_nodes<const N: usize>() -> [TestServer; N] {
+    spawn_nodes_with::<N>(|_, _| {}).await
+}
+
+/// [`spawn_nodes`], with each node's configuration changed by
+/// `change(index, config)`.
+pub async fn spawn_nodes_with<const N: usize>(
+    change: impl Fn(usize, &mut Config),
+) -> [TestServer; N] {
+    let bus = MemoryBus::new();
+    let mut nodes = Vec::with_capacity(N);
+    for i in 0..N {
+        let node = TestServer::spawn(
+            |c| {
+                c.node_id = Some(format!("node-{i}"));
+                change(i, c);
+            },
+            Some(bus.clone()),
+        )
+        .await;
+        nodes.push(node);
+    }
+    match nodes.try_into() {
+        Ok(nodes) => nodes,
+        Err(_) => unreachable!("N nodes were spawned"),
     }
 }
 
