@@ -490,11 +490,18 @@ pub fn broker_probe_failed() {
 
 // === process ===
 
-/// The standard `process_*` metrics, read from /proc (Linux), as text to
-/// append to the exposition: the `metrics` crate has no float counters for
-/// `process_cpu_seconds_total`.
+/// The standard `process_*` metrics of this process, read with the
+/// `procfs` crate, as text to append to the exposition: the `metrics` crate
+/// has no float counters for `process_cpu_seconds_total`. A value that
+/// cannot be read is left out.
 pub fn process_exposition() -> String {
     use std::fmt::Write;
+
+    use procfs::{
+        WithCurrentSystemInfo,
+        process::{LimitValue, Process},
+    };
+
     let mut out = String::new();
     let mut emit = |name: &str, kind: &str, help: &str, value: f64| {
         let _ = writeln!(
@@ -502,60 +509,37 @@ pub fn process_exposition() -> String {
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
         );
     };
-    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
-        // After the command name's ")", state is field 3; utime (14) and
-        // stime (15) are at indexes 11 and 12, in clock ticks (100/s).
-        if let Some((_, rest)) = stat.rsplit_once(')') {
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            let ticks = |i: usize| {
-                fields
-                    .get(i)
-                    .and_then(|v| v.parse::<f64>().ok())
-                    .unwrap_or(0.0)
-            };
-            emit(
-                PROCESS_CPU,
-                "counter",
-                "Total user and system CPU time spent in seconds.",
-                (ticks(11) + ticks(12)) / 100.0,
-            );
-        }
+    let me = Process::myself().ok();
+    if let Some(stat) = me.as_ref().and_then(|p| p.stat().ok()) {
+        let ticks = procfs::ticks_per_second().max(1) as f64;
+        emit(
+            PROCESS_CPU,
+            "counter",
+            "Total user and system CPU time spent in seconds.",
+            (stat.utime + stat.stime) as f64 / ticks,
+        );
+        emit(
+            PROCESS_RSS,
+            "gauge",
+            "Resident memory size in bytes.",
+            stat.rss_bytes().get() as f64,
+        );
     }
-    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
-        if let Some(kb) = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<f64>().ok())
-        {
-            emit(
-                PROCESS_RSS,
-                "gauge",
-                "Resident memory size in bytes.",
-                kb * 1024.0,
-            );
-        }
-    }
-    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+    if let Some(fds) = me.as_ref().and_then(|p| p.fd_count().ok()) {
         emit(
             PROCESS_OPEN_FDS,
             "gauge",
             "Number of open file descriptors.",
-            dir.count() as f64,
+            fds as f64,
         );
     }
-    if let Ok(limits) = std::fs::read_to_string("/proc/self/limits") {
-        if let Some(max) = limits
-            .lines()
-            .find(|l| l.starts_with("Max open files"))
-            .and_then(|l| l.split_whitespace().nth(3))
-            .and_then(|v| v.parse::<f64>().ok())
-        {
+    if let Some(limits) = me.as_ref().and_then(|p| p.limits().ok()) {
+        if let LimitValue::Value(max) = limits.max_open_files.soft_limit {
             emit(
                 PROCESS_MAX_FDS,
                 "gauge",
                 "Maximum number of open file descriptors.",
-                max,
+                max as f64,
             );
         }
     }
@@ -571,4 +555,28 @@ pub fn process_exposition() -> String {
 fn start_time() -> f64 {
     static START: OnceLock<f64> = OnceLock::new();
     *START.get_or_init(|| crate::ids::unix_ms() as f64 / 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn process_metrics_are_read_from_proc() {
+        let text = process_exposition();
+        for name in [
+            PROCESS_CPU,
+            PROCESS_RSS,
+            PROCESS_OPEN_FDS,
+            PROCESS_MAX_FDS,
+            PROCESS_START_TIME,
+        ] {
+            let value = text
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                .and_then(|v| v.parse::<f64>().ok());
+            assert!(value.is_some_and(|v| v >= 0.0), "{name} missing:\n{text}");
+        }
+        assert!(text.contains(&format!("# TYPE {PROCESS_CPU} counter")));
+    }
 }
