@@ -20,9 +20,10 @@ use crate::{
     ids::random_id,
     metrics,
     node::{Node, NodeOptions},
+    origin::OriginPolicy,
     shutdown::{self, Shutdown},
     state::AppState,
-    transport::{self, origin::OriginPolicy},
+    transport,
 };
 
 /// A gateway's validated configuration and what is derived from it once,

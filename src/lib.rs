@@ -39,6 +39,7 @@ pub mod hub;
 pub mod ids;
 pub mod metrics;
 pub mod node;
+pub mod origin;
 pub mod protocol;
 pub mod session;
 pub mod shutdown;

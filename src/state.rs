@@ -5,8 +5,7 @@
 use std::sync::Arc;
 
 use crate::{
-    auth::Authenticator, config::Config, node::Node, shutdown::Shutdown,
-    transport::origin::OriginPolicy,
+    auth::Authenticator, config::Config, node::Node, origin::OriginPolicy, shutdown::Shutdown,
 };
 
 #[derive(Debug, Clone)]

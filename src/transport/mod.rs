@@ -1,7 +1,7 @@
 //! Client transports. What every transport does, in order:
 //!
 //! 1. Before accepting the connection: refuse it while the node shuts down
-//!    (503 `shutting_down`), check the Origin ([`origin`]), and verify a
+//!    (503 `shutting_down`), check the Origin ([`crate::origin`]), and verify a
 //!    token the request carries, answering refusals with an
 //!    [`HttpError`](crate::http_error::HttpError).
 //! 2. Authenticate a client that came without a token (its first frame,
@@ -19,7 +19,6 @@
 //! means; it moves frames and bytes. Every connection task is spawned on
 //! the shutdown tracker so the drain can wait for it.
 
-pub mod origin;
 pub mod ws;
 
 use std::{sync::OnceLock, time::Duration};
