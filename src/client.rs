@@ -202,7 +202,7 @@ impl Client {
     }
 
     /// When the token expires, on the runtime's clock. Checked: a token
-    /// whose `exp` is absurdly far away expires in [`FAR_FUTURE`].
+    /// whose `exp` is absurdly far away expires in `FAR_FUTURE`.
     pub fn expires_at(&self) -> Instant {
         let left_ms = self
             .creds

@@ -8,18 +8,24 @@
 //! single node; the Redis broker spreads the same contract over many.
 //!
 //! # Layout
-//! - [`config`]: flags and `FANOUT_*` variables, validation.
-//! - [`app`]: builds and runs a gateway, and shuts it down in order.
-//! - [`api`]: HTTP routes, the backend API and its JSON errors.
-//! - [`transport`]: the WebSocket connection loop.
-//! - [`node`]: publish, join/leave, subscribe on first / unsubscribe on last.
-//! - [`hub`]: the sharded registry of sessions; no I/O.
-//! - [`session`]: one connection's identity, bounded queue and groups.
+//! Layers from the top; a module imports only from layers below it
+//! (`tests/layering.rs` checks it, docs/architecture.md explains it).
+//! - [`app`]: settings built once from the configuration; builds, runs and
+//!   shuts down a gateway. [`dev`]: `serve --dev` secrets and banner.
+//! - [`api`]: the backend HTTP API and the internal `/metrics`, `/healthz`,
+//!   `/readyz`. [`transport`]: client transports (WebSocket).
+//! - [`state`]: what every handler shares.
+//! - [`client`]: what a client frame means; the one error → code mapping.
+//! - [`node`]: connect, join, leave, publish, commands, subscriptions,
+//!   dispatch, cluster queries, drain.
 //! - [`broker`]: the `Broker` trait, the in-process and Redis brokers, the
 //!   JSON published on Redis.
+//! - [`hub`]: the sharded registry of sessions; no I/O.
+//! - [`auth`], [`session`], [`origin`]: tokens and API keys; one
+//!   connection's queue and groups; the Origin policy.
+//! - [`config`], [`metrics`]: flags and validation; every metric.
 //! - [`protocol`]: wire frames, error and close codes, names; no I/O.
-//! - [`auth`]: JWT verification, token minting, API key checks.
-//! - [`shutdown`], [`state`], [`dev`], [`ids`], [`metrics`]: plumbing.
+//! - [`ids`], [`shutdown`], [`http_error`]: leaves.
 
 #![cfg_attr(
     not(test),

@@ -4,21 +4,21 @@
 //! - The broker is subscribed to a channel exactly while the hub has a local
 //!   subscriber for it (`all` always). The first local subscriber subscribes,
 //!   the last one unsubscribes, both under the channel's lock
-//!   ([`subscriptions`]). A failed subscribe rolls the hub entry back.
+//!   (`subscriptions`). A failed subscribe rolls the hub entry back.
 //! - A session's group set and the hub's group index change together under
 //!   that lock, and a detached (disconnecting) session can join nothing, so
 //!   nothing is left behind when the last session of a uid or group goes.
 //! - Messages from the broker are encoded into their final frame once per
 //!   channel, and that one buffer is shared by every recipient
-//!   ([`dispatch`]).
+//!   (`dispatch`).
 //!
 //! # Layout
 //! - this file: connect, disconnect, join, leave, publish, and the
 //!   commands a backend sends to a user's connections on every node.
-//! - [`subscriptions`]: subscription locks, first/last subscriber, linger.
-//! - [`dispatch`]: broker events into the hub.
-//! - [`query`]: presence and stats across nodes.
-//! - [`drain`]: the paced close of every session on shutdown.
+//! - `subscriptions`: subscription locks, first/last subscriber, linger.
+//! - `dispatch`: broker events into the hub.
+//! - `query`: presence and stats across nodes.
+//! - `drain`: the paced close of every session on shutdown.
 
 mod dispatch;
 mod drain;

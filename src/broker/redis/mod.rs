@@ -7,11 +7,11 @@
 //! - this file: connecting, and the [`Broker`] implementation (publish,
 //!   subscribe and unsubscribe requests, close, health).
 //! - [`options`]: the Redis settings built from the configuration.
-//! - [`shards`]: the pool of subscriber connections: what each must hold,
+//! - `shards`: the pool of subscriber connections: what each must hold,
 //!   receiving into the node's event channel, resubscribing after every
 //!   reconnect or cluster change.
-//! - [`batcher`]: SUBSCRIBE/UNSUBSCRIBE requests gathered into few commands.
-//! - [`health`]: connection state for readiness, the pub/sub probe, the
+//! - `batcher`: SUBSCRIBE/UNSUBSCRIBE requests gathered into few commands.
+//! - `health`: connection state for readiness, the pub/sub probe, the
 //!   cluster slot-map check.
 
 mod batcher;

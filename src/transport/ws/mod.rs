@@ -3,8 +3,8 @@
 //! # Layout
 //! - this file: the checks before the upgrade (shutdown, Origin, a
 //!   `?token=`) and the socket's size limits.
-//! - [`handshake`]: waiting for the `auth` frame of a client without a token.
-//! - [`conn`]: the connection task, its writer and the close handshake.
+//! - `handshake`: waiting for the `auth` frame of a client without a token.
+//! - `conn`: the connection task, its writer and the close handshake.
 
 mod conn;
 mod handshake;
