@@ -18,10 +18,15 @@ WORKDIR /src
 
 # Dependencies first, in their own layer: this layer is rebuilt only when
 # Cargo.toml or Cargo.lock change, not on every source edit.
+# Cargo.toml is a workspace: cargo reads every member's manifest (and wants
+# a target in each) even to build one package, so the load tool's manifest
+# comes along with an empty main. Only the server is ever built here.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src \
+COPY bench/fanout-bench/Cargo.toml bench/fanout-bench/
+RUN mkdir src bench/fanout-bench/src \
  && echo 'fn main() {}' > src/main.rs \
  && touch src/lib.rs \
+ && echo 'fn main() {}' > bench/fanout-bench/src/main.rs \
  && cargo build --release --locked --bin fanout \
  && rm -rf src
 

@@ -387,5 +387,5 @@ pub(crate) fn print(outcomes: &[Outcome], json: bool) -> anyhow::Result<()> {
 
 /// Paths the suites need.
 pub(crate) fn default_socketio_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/peers/socketio")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../peers/socketio")
 }
