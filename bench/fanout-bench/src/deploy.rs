@@ -1,23 +1,27 @@
 //! Deployments the suites start for themselves: a redis-server on a free
-//! port, fanout nodes, Socket.IO nodes. Every process is killed on drop.
+//! port (`fanout-testkit`, the launcher the integration tests use too),
+//! fanout nodes, Socket.IO nodes. Every process is killed on drop.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
+use fanout_testkit::RedisServer;
 
 /// The secret and API key every node the bench starts is configured with.
 pub(crate) const SECRET: &str = "fanout-bench-secret-0123456789abcdef";
 pub(crate) const API_KEY: &str = "fanout-bench-api-key";
 
+/// How long a process the bench starts may take to become ready.
+const STARTUP: Duration = Duration::from_secs(20);
+
 fn free_port() -> anyhow::Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(l.local_addr()?.port())
+    fanout_testkit::free_port().context("finding a free port")
 }
 
 /// A child process killed (SIGKILL) and reaped on drop.
@@ -58,7 +62,7 @@ fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
 }
 
 fn wait_until(proc_: &mut Proc, what: &str, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + STARTUP;
     while Instant::now() < deadline {
         if let Some(exit) = proc_.exited() {
             bail!("{exit} before {what}");
@@ -68,45 +72,17 @@ fn wait_until(proc_: &mut Proc, what: &str, mut ready: impl FnMut() -> bool) -> 
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    bail!("{} was not {what} after 20 s", proc_.name)
+    bail!("{} was not {what} after {STARTUP:?}", proc_.name)
 }
 
-#[derive(Debug)]
-pub(crate) struct Redis {
-    pub(crate) proc_: Proc,
-    pub(crate) url: String,
-}
-
-impl Redis {
-    pub(crate) fn start(bin: &Path) -> anyhow::Result<Self> {
-        let port = free_port()?;
-        let child = Command::new(bin)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--maxclients", "10000"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("starting {} (install redis-server)", bin.display()))?;
-        let mut proc_ = Proc {
-            child,
-            name: format!("redis-server :{port}"),
-        };
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        wait_until(&mut proc_, "accepting connections", || {
-            let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-                return false;
-            };
-            let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-            let mut buf = [0u8; 16];
-            s.write_all(b"PING\r\n").is_ok()
-                && s.read(&mut buf)
-                    .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
-        })?;
-        Ok(Self {
-            proc_,
-            url: format!("redis://127.0.0.1:{port}"),
-        })
-    }
+/// A redis-server for the nodes and the bench, on a free port.
+pub(crate) fn redis(bin: &Path) -> anyhow::Result<RedisServer> {
+    RedisServer::builder()
+        .bin(bin)
+        .args(["--maxclients", "10000"])
+        .patience(STARTUP)
+        .start()
+        .context("starting redis-server")
 }
 
 #[derive(Debug)]

@@ -5,12 +5,13 @@
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::Args;
+use fanout_testkit::RedisServer;
 use serde::Serialize;
 
 use crate::{
     LoadArgs,
     control::Target,
-    deploy::{self, API_KEY, Node, Redis, SECRET, find_bin},
+    deploy::{self, API_KEY, Node, SECRET, find_bin},
     report::{Goal, Outcome, fmt_num},
     scenario::{self, BroadcastOpts, Env, SteadyOpts},
 };
@@ -46,7 +47,7 @@ pub(crate) struct SuiteArgs {
 
 /// A deployment started for one or more scenarios; dropped, it stops.
 struct Deployed {
-    _redis: Option<Redis>,
+    _redis: Option<RedisServer>,
     _nodes: Vec<Node>,
     env: Env,
 }
@@ -69,15 +70,15 @@ impl SuiteArgs {
         self.only.is_empty() || self.only.iter().any(|o| o == name)
     }
 
-    fn env(&self, target: Target, nodes: &[Node], redis: Option<&Redis>) -> Env {
+    fn env(&self, target: Target, nodes: &[Node], redis: Option<&RedisServer>) -> Env {
         Env {
             target,
             nodes: nodes.iter().map(|n| n.addr).collect(),
             pids: nodes.iter().map(|n| n.proc_.pid()).collect(),
-            redis_pid: redis.map(|r| r.proc_.pid()),
+            redis_pid: redis.and_then(RedisServer::pid),
             secret: SECRET.into(),
             api_key: API_KEY.into(),
-            redis: redis.map(|r| r.url.clone()),
+            redis: redis.map(RedisServer::url),
             prefix: "fanout".into(),
             via_redis: false,
             broker: Some(if redis.is_some() {
@@ -92,8 +93,8 @@ impl SuiteArgs {
         }
     }
 
-    fn redis(&self) -> anyhow::Result<Redis> {
-        Redis::start(&find_bin(self.redis_server_bin.as_deref(), "redis-server"))
+    fn redis(&self) -> anyhow::Result<RedisServer> {
+        deploy::redis(&find_bin(self.redis_server_bin.as_deref(), "redis-server"))
     }
 
     /// `n` fanout nodes, on Redis or (one node) the memory broker.
@@ -104,14 +105,9 @@ impl SuiteArgs {
             None
         };
         let bin = find_bin(self.fanout_bin.as_deref(), "fanout");
+        let url = redis.as_ref().map(RedisServer::url);
         let nodes = (1..=n)
-            .map(|i| {
-                deploy::fanout(
-                    &bin,
-                    &format!("bench{i}"),
-                    redis.as_ref().map(|r| r.url.as_str()),
-                )
-            })
+            .map(|i| deploy::fanout(&bin, &format!("bench{i}"), url.as_deref()))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let env = self.env(Target::Fanout, &nodes, redis.as_ref());
         Ok(Deployed {
@@ -445,11 +441,12 @@ pub(crate) async fn compare(args: &SuiteArgs) -> anyhow::Result<ExitCode> {
         .socketio_dir
         .clone()
         .unwrap_or_else(crate::default_socketio_dir);
+    let url = redis.url();
     let fanout_nodes = (1..=2)
-        .map(|i| deploy::fanout(&fanout_bin, &format!("bench{i}"), Some(&redis.url)))
+        .map(|i| deploy::fanout(&fanout_bin, &format!("bench{i}"), Some(&url)))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let sio_nodes = (1..=2)
-        .map(|i| deploy::socketio(&args.node_bin, &dir, &format!("sio{i}"), Some(&redis.url)))
+        .map(|i| deploy::socketio(&args.node_bin, &dir, &format!("sio{i}"), Some(&url)))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let envs = [
         args.env(Target::Fanout, &fanout_nodes, Some(&redis)),

@@ -37,18 +37,10 @@ fn fanout_bin() -> PathBuf {
     path
 }
 
-fn redis_server_bin() -> String {
-    std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into())
-}
-
 /// False (after saying why) when redis-server is missing and not required
 /// (`FANOUT_REQUIRE_REDIS=1`, as `make test` sets, makes it a failure).
 fn redis_available() -> bool {
-    let found = Command::new(redis_server_bin())
-        .arg("--version")
-        .stdout(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
+    let found = fanout_testkit::server_found(&fanout_testkit::server_bin());
     if !found {
         if std::env::var("FANOUT_REQUIRE_REDIS").is_ok_and(|v| v == "1") {
             panic!("redis-server not found and FANOUT_REQUIRE_REDIS=1");
@@ -75,7 +67,7 @@ fn run_quick(args: &[&str]) -> (bool, Value) {
         .args(["--quick", "--json", "--fanout-bin"])
         .arg(fanout_bin())
         .arg("--redis-server-bin")
-        .arg(redis_server_bin())
+        .arg(fanout_testkit::server_bin())
         .output()
         .expect("fanout-bench runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
