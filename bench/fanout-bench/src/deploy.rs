@@ -3,8 +3,8 @@
 //! fanout nodes, Socket.IO nodes. Every process is killed on drop.
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
-    net::{SocketAddr, TcpStream},
+    io::{BufRead, BufReader},
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -12,6 +12,8 @@ use std::{
 
 use anyhow::{Context, bail};
 use fanout_testkit::RedisServer;
+
+use crate::http;
 
 /// The secret and API key every node the bench starts is configured with.
 pub(crate) const SECRET: &str = "fanout-bench-secret-0123456789abcdef";
@@ -51,28 +53,23 @@ impl Drop for Proc {
     }
 }
 
-/// One HTTP/1.0 GET; the status code.
-fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    buf.split_whitespace().nth(1)?.parse().ok()
-}
-
-fn wait_until(proc_: &mut Proc, what: &str, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
+/// Waits until `GET <path>` on `addr` answers 200, failing early if the
+/// process exits.
+async fn wait_ready(proc_: &mut Proc, addr: SocketAddr, path: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + STARTUP;
     while Instant::now() < deadline {
         if let Some(exit) = proc_.exited() {
-            bail!("{exit} before {what}");
+            bail!("{exit} before it was ready");
         }
-        if ready() {
+        if http::get_status(addr, path, Duration::from_secs(2)).await == Some(200) {
             return Ok(());
         }
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    bail!("{} was not {what} after {STARTUP:?}", proc_.name)
+    bail!(
+        "{} did not answer GET {path} with 200 within {STARTUP:?}",
+        proc_.name
+    )
 }
 
 /// A redis-server for the nodes and the bench, on a free port.
@@ -92,7 +89,7 @@ pub(crate) struct Node {
 }
 
 /// Starts `fanout serve` with the bench's secret and API key.
-pub(crate) fn fanout(bin: &Path, id: &str, redis: Option<&str>) -> anyhow::Result<Node> {
+pub(crate) async fn fanout(bin: &Path, id: &str, redis: Option<&str>) -> anyhow::Result<Node> {
     let (port, internal) = (free_port()?, free_port()?);
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let internal = SocketAddr::from(([127, 0, 0, 1], internal));
@@ -120,14 +117,12 @@ pub(crate) fn fanout(bin: &Path, id: &str, redis: Option<&str>) -> anyhow::Resul
         child,
         name: format!("fanout {id}"),
     };
-    wait_until(&mut proc_, "ready", || {
-        http_status(internal, "/readyz") == Some(200)
-    })?;
+    wait_ready(&mut proc_, internal, "/readyz").await?;
     Ok(Node { proc_, addr })
 }
 
 /// Starts `node server.js` from the Socket.IO peer directory.
-pub(crate) fn socketio(
+pub(crate) async fn socketio(
     node_bin: &Path,
     dir: &Path,
     id: &str,
@@ -176,9 +171,7 @@ pub(crate) fn socketio(
         .and_then(|p| u16::try_from(p).ok())
         .context("socket.io node did not report its port")?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    wait_until(&mut proc_, "ready", || {
-        http_status(addr, "/healthz") == Some(200)
-    })?;
+    wait_ready(&mut proc_, addr, "/healthz").await?;
     Ok(Node { proc_, addr })
 }
 

@@ -12,6 +12,7 @@
 //! - `worker`, `client`, `recorder`: the worker process, one connection,
 //!   delivery accounting.
 //! - `pool`: the coordinator's handle on its workers.
+//! - `http`: keep-alive HTTP/1.1 connections on hyper's client.
 //! - `publish`: HTTP and Redis publishers and the rate driver.
 //! - `scenario`: idle, broadcast, steady, storm, publish-api.
 //! - `deploy`, `suite`: the default suite and the Socket.IO comparison,
@@ -26,6 +27,7 @@
 mod client;
 mod control;
 mod deploy;
+mod http;
 mod pool;
 mod procstat;
 mod publish;

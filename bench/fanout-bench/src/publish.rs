@@ -1,7 +1,6 @@
-//! Publishing from the coordinator: a minimal keep-alive HTTP/1.1 client
-//! (cheap enough not to be the bottleneck on a shared 2-core machine),
-//! PUBLISH straight to Redis, and a driver that publishes at a fixed rate or
-//! as fast as a number of requests in flight allows.
+//! Publishing from the coordinator: HTTP requests to the nodes (hyper, see
+//! `http`), PUBLISH straight to Redis, and a driver that publishes at a
+//! fixed rate or as fast as a number of requests in flight allows.
 
 use std::{
     net::SocketAddr,
@@ -13,134 +12,19 @@ use std::{
 };
 
 use anyhow::{Context, bail};
+use bytes::Bytes;
 use hdrhistogram::Histogram;
-use parking_lot::Mutex;
+use hyper::StatusCode;
 use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::TcpStream,
-    sync::Semaphore,
 };
 
 use crate::{
     control::{Target, group, uid},
+    http::{Conn, Endpoint},
     recorder::{latency_hist, unix_us},
 };
-
-/// One keep-alive HTTP/1.1 connection.
-#[derive(Debug)]
-struct HttpConn {
-    stream: BufReader<TcpStream>,
-}
-
-impl HttpConn {
-    async fn connect(addr: SocketAddr) -> std::io::Result<Self> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        Ok(Self {
-            stream: BufReader::with_capacity(8192, stream),
-        })
-    }
-
-    /// Sends one request and reads the whole response: (status, body).
-    async fn request(&mut self, head: &str, body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
-        let mut req = Vec::with_capacity(head.len() + 40 + body.len());
-        req.extend_from_slice(head.as_bytes());
-        req.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
-        req.extend_from_slice(body);
-        self.stream.get_mut().write_all(&req).await?;
-
-        let mut line = String::new();
-        self.stream.read_line(&mut line).await?;
-        let status = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| bad(format!("bad status line {line:?}")))?;
-        let (mut length, mut chunked) = (0usize, false);
-        loop {
-            line.clear();
-            if self.stream.read_line(&mut line).await? == 0 {
-                return Err(bad("connection closed in headers".into()));
-            }
-            let l = line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = l.split_once(':') {
-                let v = v.trim();
-                if k.eq_ignore_ascii_case("content-length") {
-                    length = v.parse().map_err(|_| bad("bad content-length".into()))?;
-                } else if k.eq_ignore_ascii_case("transfer-encoding") {
-                    chunked = v.eq_ignore_ascii_case("chunked");
-                }
-            }
-        }
-        let mut body = Vec::new();
-        if chunked {
-            loop {
-                line.clear();
-                self.stream.read_line(&mut line).await?;
-                let size = usize::from_str_radix(line.trim(), 16)
-                    .map_err(|_| bad("bad chunk size".into()))?;
-                let start = body.len();
-                body.resize(start + size + 2, 0);
-                self.stream.read_exact(&mut body[start..]).await?;
-                body.truncate(start + size);
-                if size == 0 {
-                    break;
-                }
-            }
-        } else {
-            body.resize(length, 0);
-            self.stream.read_exact(&mut body).await?;
-        }
-        Ok((status, body))
-    }
-}
-
-fn bad(msg: String) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, msg)
-}
-
-/// Idle keep-alive connections to one node; callers bound the concurrency.
-#[derive(Debug)]
-pub(crate) struct HttpPool {
-    addr: SocketAddr,
-    head: String,
-    idle: Mutex<Vec<HttpConn>>,
-}
-
-impl HttpPool {
-    pub(crate) fn new(addr: SocketAddr, method: &str, path: &str, bearer: Option<&str>) -> Self {
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n"
-        );
-        if let Some(key) = bearer {
-            head.push_str(&format!("Authorization: Bearer {key}\r\n"));
-        }
-        Self {
-            addr,
-            head,
-            idle: Mutex::new(Vec::new()),
-        }
-    }
-
-    pub(crate) async fn send(&self, body: &[u8]) -> Result<(u16, Vec<u8>), String> {
-        let conn = self.idle.lock().pop();
-        let mut conn = match conn {
-            Some(c) => c,
-            None => HttpConn::connect(self.addr)
-                .await
-                .map_err(|e| format!("connect {}: {e}", self.addr))?,
-        };
-        let res = conn
-            .request(&self.head, body)
-            .await
-            .map_err(|e| format!("HTTP request to {}: {e}", self.addr))?;
-        self.idle.lock().push(conn);
-        Ok(res)
-    }
-}
 
 /// Where one message goes, by connection index.
 #[derive(Debug, Clone, Copy)]
@@ -165,7 +49,7 @@ pub(crate) enum Publisher {
 #[derive(Debug)]
 pub(crate) struct HttpPublisher {
     target: Target,
-    pools: Vec<HttpPool>,
+    endpoints: Vec<Endpoint>,
 }
 
 /// Where to PUBLISH: one connection, commands written in batches, replies
@@ -242,16 +126,21 @@ fn resp_command(buf: &mut Vec<u8>, parts: &[&[u8]]) {
 }
 
 impl Publisher {
-    pub(crate) fn http(target: Target, nodes: &[SocketAddr], api_key: &str) -> Self {
+    pub(crate) fn http(
+        target: Target,
+        nodes: &[SocketAddr],
+        api_key: &str,
+    ) -> anyhow::Result<Self> {
         let (path, key) = match target {
             Target::Fanout => ("/api/publish", Some(api_key)),
             Target::Socketio => ("/publish", None),
         };
-        let pools = nodes
+        let endpoints = nodes
             .iter()
-            .map(|a| HttpPool::new(*a, "POST", path, key))
-            .collect();
-        Self::Http(Arc::new(HttpPublisher { target, pools }))
+            .map(|a| Endpoint::new(*a, path, key))
+            .collect::<anyhow::Result<_>>()
+            .context("--api-key: not a valid header value")?;
+        Ok(Self::Http(Arc::new(HttpPublisher { target, endpoints })))
     }
 
     pub(crate) async fn redis(url: &str, prefix: &str) -> anyhow::Result<Self> {
@@ -271,19 +160,16 @@ impl Publisher {
 }
 
 impl HttpPublisher {
-    /// Publishes `payload` (a JSON object) to `dest`; `n` spreads the
-    /// requests over the nodes.
-    async fn publish(&self, n: u64, dest: Dest, payload: &str) -> Result<(), String> {
-        let pools = &self.pools;
-        match self.target {
+    /// The request body publishing `payload` (a JSON object) to `dest`.
+    fn body(&self, dest: Dest, payload: &str) -> Bytes {
+        let body = match self.target {
             Target::Fanout => {
                 let to = match dest {
                     Dest::User(i) => format!(r#"{{"users":["{}"]}}"#, uid(i)),
                     Dest::Group(g) => format!(r#"{{"groups":["g{g}"]}}"#),
                     Dest::All => r#"{"all":true}"#.to_owned(),
                 };
-                let body = format!(r#"{{"to":{to},"event":"bench","data":{payload}}}"#);
-                expect_ok(pick(pools, n).send(body.as_bytes()).await?)
+                format!(r#"{{"to":{to},"event":"bench","data":{payload}}}"#)
             }
             Target::Socketio => {
                 let to = match dest {
@@ -291,23 +177,36 @@ impl HttpPublisher {
                     Dest::Group(g) => format!(r#""room":"g{g}","#),
                     Dest::All => String::new(),
                 };
-                let body = format!(r#"{{{to}"event":"new_msg","content":{payload}}}"#);
-                expect_ok(pick(pools, n).send(body.as_bytes()).await?)
+                format!(r#"{{{to}"event":"new_msg","content":{payload}}}"#)
             }
-        }
+        };
+        body.into()
+    }
+
+    /// Publishes `payload` to `dest` on node `n mod nodes`, over `conns[n
+    /// mod nodes]` (the caller's connection to that node).
+    async fn publish(
+        &self,
+        conns: &mut [Option<Conn>],
+        n: u64,
+        dest: Dest,
+        payload: &str,
+    ) -> Result<(), String> {
+        let k = (n % self.endpoints.len() as u64) as usize;
+        let (Some(endpoint), Some(conn)) = (self.endpoints.get(k), conns.get_mut(k)) else {
+            return Err("no node to publish to".into());
+        };
+        expect_ok(endpoint.post(conn, self.body(dest, payload)).await?)
     }
 }
 
-fn pick(pools: &[HttpPool], n: u64) -> &HttpPool {
-    &pools[(n % pools.len() as u64) as usize]
-}
-
-fn expect_ok((status, body): (u16, Vec<u8>)) -> Result<(), String> {
-    if status == 200 {
+fn expect_ok((status, body): (StatusCode, Bytes)) -> Result<(), String> {
+    if status == StatusCode::OK {
         Ok(())
     } else {
         Err(format!(
-            "HTTP {status}: {}",
+            "HTTP {}: {}",
+            status.as_u16(),
             String::from_utf8_lossy(&body)
                 .chars()
                 .take(200)
@@ -343,96 +242,139 @@ pub(crate) struct Sent {
     pub(crate) elapsed: Duration,
 }
 
-#[derive(Debug)]
-struct DriveState {
-    failed: AtomicU64,
-    errors: Mutex<Vec<String>>,
-    hist: Mutex<Histogram<u64>>,
-    send_times: Vec<AtomicU64>,
-}
-
 pub(crate) async fn drive(
     publisher: Arc<Publisher>,
     plan: Drive,
-    dest_of: impl Fn(u64) -> Dest,
+    dest_of: impl Fn(u64) -> Dest + Send + Sync + 'static,
 ) -> Sent {
-    let publisher = match &*publisher {
-        Publisher::Redis(target) => return drive_pipelined(target, plan, dest_of).await,
-        Publisher::Http(h) => h.clone(),
-    };
-    let state = Arc::new(DriveState {
-        failed: AtomicU64::new(0),
-        errors: Mutex::new(Vec::new()),
-        hist: Mutex::new(latency_hist()),
+    match &*publisher {
+        Publisher::Redis(target) => drive_pipelined(target, plan, dest_of).await,
+        Publisher::Http(http) => drive_http(http.clone(), plan, Arc::new(dest_of)).await,
+    }
+}
+
+/// What the request loops of one HTTP drive share.
+#[derive(Debug)]
+struct HttpDrive {
+    plan: Drive,
+    start: Instant,
+    /// The next message to send; each loop takes one at a time.
+    next: AtomicU64,
+    /// Unix µs at which each message was handed to the publisher; 0 if it
+    /// failed or was never sent.
+    send_times: Vec<AtomicU64>,
+    padding: String,
+}
+
+/// What one request loop did.
+#[derive(Debug)]
+struct LoopOutcome {
+    failed: u64,
+    errors: Vec<String>,
+    hist: Histogram<u64>,
+}
+
+/// Publishes over HTTP with `plan.in_flight` request loops, each a task
+/// with its own keep-alive connection per node: a loop takes the next
+/// message, waits for its due time when paced, publishes it, repeats. No
+/// task, lock or pool per request, so the bench leaves the cores to the
+/// node; several tasks, so both cores can work for it.
+async fn drive_http<F>(http: Arc<HttpPublisher>, plan: Drive, dest_of: Arc<F>) -> Sent
+where
+    F: Fn(u64) -> Dest + Send + Sync + 'static,
+{
+    let shared = Arc::new(HttpDrive {
+        plan,
+        start: Instant::now(),
+        next: AtomicU64::new(0),
         send_times: (0..plan.count).map(|_| AtomicU64::new(0)).collect(),
+        padding: "x".repeat(plan.pad),
     });
-    let in_flight = plan.in_flight.max(1);
-    let gate = Arc::new(Semaphore::new(in_flight));
-    let padding: Arc<str> = "x".repeat(plan.pad).into();
-    let start = Instant::now();
-    let mut dests = Vec::with_capacity(plan.count as usize);
-    let mut i = 0;
-    while i < plan.count {
-        if plan.duration.is_some_and(|d| start.elapsed() >= d) {
+    let loops: Vec<_> = (0..plan.in_flight.max(1))
+        .map(|_| tokio::spawn(request_loop(http.clone(), shared.clone(), dest_of.clone())))
+        .collect();
+    let mut sent = Sent {
+        sent: 0,
+        failed: 0,
+        errors: Vec::new(),
+        send_times: Vec::new(),
+        dests: Vec::new(),
+        request_latency: latency_hist(),
+        elapsed: Duration::ZERO,
+    };
+    for l in loops {
+        match l.await {
+            Ok(o) => {
+                sent.failed += o.failed;
+                for e in o.errors {
+                    if sent.errors.len() < 5 && !sent.errors.contains(&e) {
+                        sent.errors.push(e);
+                    }
+                }
+                let _ = sent.request_latency.add(&o.hist);
+            }
+            Err(e) => sent.errors.push(format!("a request loop failed: {e}")),
+        }
+    }
+    sent.elapsed = shared.start.elapsed();
+    let issued = shared.next.load(Ordering::Relaxed).min(plan.count);
+    sent.sent = issued.saturating_sub(sent.failed);
+    sent.send_times = shared.send_times[..issued as usize]
+        .iter()
+        .map(|t| t.load(Ordering::Relaxed))
+        .collect();
+    sent.dests = (0..issued).map(|i| dest_of(i)).collect();
+    sent
+}
+
+async fn request_loop<F>(
+    http: Arc<HttpPublisher>,
+    d: Arc<HttpDrive>,
+    dest_of: Arc<F>,
+) -> LoopOutcome
+where
+    F: Fn(u64) -> Dest + Send + Sync + 'static,
+{
+    let mut out = LoopOutcome {
+        failed: 0,
+        errors: Vec::new(),
+        hist: latency_hist(),
+    };
+    let mut conns: Vec<Option<Conn>> = http.endpoints.iter().map(|_| None).collect();
+    let plan = d.plan;
+    loop {
+        if plan.duration.is_some_and(|max| d.start.elapsed() >= max) {
+            break;
+        }
+        let i = d.next.fetch_add(1, Ordering::Relaxed);
+        if i >= plan.count {
             break;
         }
         if plan.rate > 0.0 {
             let due = Duration::from_secs_f64(i as f64 / plan.rate);
-            let now = start.elapsed();
-            if due > now {
-                tokio::time::sleep(due - now).await;
+            tokio::time::sleep(due.saturating_sub(d.start.elapsed())).await;
+        }
+        let seq = plan.base_seq + i;
+        let t = unix_us();
+        let payload = format!(r#"{{"s":{seq},"t":{t},"p":"{}"}}"#, d.padding);
+        d.send_times[i as usize].store(t, Ordering::Relaxed);
+        let began = Instant::now();
+        match http.publish(&mut conns, seq, dest_of(i), &payload).await {
+            Ok(()) => {
+                let us = began.elapsed().as_micros() as u64;
+                let _ = out.hist.record(us.max(1));
+            }
+            Err(e) => {
+                // A failed publish is expected nowhere.
+                d.send_times[i as usize].store(0, Ordering::Relaxed);
+                out.failed += 1;
+                if out.errors.len() < 5 && !out.errors.contains(&e) {
+                    out.errors.push(e);
+                }
             }
         }
-        let Ok(permit) = gate.clone().acquire_owned().await else {
-            break;
-        };
-        let dest = dest_of(i);
-        dests.push(dest);
-        let (publisher, state, padding) = (publisher.clone(), state.clone(), padding.clone());
-        let seq = plan.base_seq + i;
-        let offset = i as usize;
-        tokio::spawn(async move {
-            let t = unix_us();
-            let payload = format!(r#"{{"s":{seq},"t":{t},"p":"{padding}"}}"#);
-            state.send_times[offset].store(t, Ordering::Relaxed);
-            let began = Instant::now();
-            match publisher.publish(seq, dest, &payload).await {
-                Ok(()) => {
-                    let us = began.elapsed().as_micros() as u64;
-                    let _ = state.hist.lock().record(us.max(1));
-                }
-                Err(e) => {
-                    // A failed publish is expected nowhere.
-                    state.send_times[offset].store(0, Ordering::Relaxed);
-                    state.failed.fetch_add(1, Ordering::Relaxed);
-                    let mut errors = state.errors.lock();
-                    if errors.len() < 5 && !errors.contains(&e) {
-                        errors.push(e);
-                    }
-                }
-            }
-            drop(permit);
-        });
-        i += 1;
     }
-    // Wait for the requests still in flight.
-    let _ = gate.acquire_many(in_flight as u32).await;
-    let elapsed = start.elapsed();
-    let failed = state.failed.load(Ordering::Relaxed);
-    Sent {
-        sent: i - failed,
-        failed,
-        errors: state.errors.lock().clone(),
-        send_times: state
-            .send_times
-            .iter()
-            .take(i as usize)
-            .map(|t| t.load(Ordering::Relaxed))
-            .collect(),
-        dests,
-        request_latency: state.hist.lock().clone(),
-        elapsed,
-    }
+    out
 }
 
 /// Replies the reader has not seen yet, at most: bounds what is in flight.

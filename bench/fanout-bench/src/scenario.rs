@@ -83,7 +83,7 @@ impl Env {
             self.target,
             &self.nodes,
             &self.api_key,
-        )))
+        )?))
     }
 
     fn redis_pids(&self) -> Vec<u32> {
@@ -345,7 +345,7 @@ pub(crate) async fn broadcast(env: &Env, o: BroadcastOpts) -> anyhow::Result<Out
         pad: o.pad,
     };
     let dest = if o.to_all { Dest::All } else { Dest::Group(0) };
-    let sent = drive(publisher, plan, |_| dest).await;
+    let sent = drive(publisher, plan, move |_| dest).await;
     let reports = load.settle(env, sent.sent * k).await?;
     resources(&mut out, env, &meter);
     let merged = merge(&reports, o.messages as usize);
@@ -416,7 +416,8 @@ pub(crate) async fn steady(env: &Env, o: SteadyOpts) -> anyhow::Result<Outcome> 
         in_flight: 512,
         pad: o.pad,
     };
-    let sent = drive(publisher, plan, |i| dests[i as usize]).await;
+    let dests = Arc::new(dests);
+    let sent = drive(publisher, plan, move |i| dests[i as usize]).await;
     let members = |g: u64| group_size.min(k.saturating_sub(g * group_size));
     let expected_total: u64 = sent
         .send_times
@@ -624,7 +625,7 @@ pub(crate) async fn publish_api(
         in_flight,
         pad: 0,
     };
-    let sent = drive(publisher, plan, |i| {
+    let sent = drive(publisher, plan, move |i| {
         Dest::User(i.wrapping_mul(7919) % users)
     })
     .await;

@@ -98,7 +98,7 @@ impl SuiteArgs {
     }
 
     /// `n` fanout nodes, on Redis or (one node) the memory broker.
-    fn fanout(&self, n: usize, with_redis: bool) -> anyhow::Result<Deployed> {
+    async fn fanout(&self, n: usize, with_redis: bool) -> anyhow::Result<Deployed> {
         let redis = if with_redis {
             Some(self.redis()?)
         } else {
@@ -106,9 +106,10 @@ impl SuiteArgs {
         };
         let bin = find_bin(self.fanout_bin.as_deref(), "fanout");
         let url = redis.as_ref().map(RedisServer::url);
-        let nodes = (1..=n)
-            .map(|i| deploy::fanout(&bin, &format!("bench{i}"), url.as_deref()))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut nodes = Vec::with_capacity(n);
+        for i in 1..=n {
+            nodes.push(deploy::fanout(&bin, &format!("bench{i}"), url.as_deref()).await?);
+        }
         let env = self.env(Target::Fanout, &nodes, redis.as_ref());
         Ok(Deployed {
             _redis: redis,
@@ -363,7 +364,7 @@ pub(crate) async fn suite(args: &SuiteArgs) -> anyhow::Result<ExitCode> {
         }
         progress(step.label);
         // Each run gets a fresh deployment, stopped (dropped) after it.
-        let mut d = args.fanout(step.nodes, step.redis)?;
+        let mut d = args.fanout(step.nodes, step.redis).await?;
         d.env.via_redis = step.via_redis;
         let env = &d.env;
         let name = step.name;
@@ -442,12 +443,15 @@ pub(crate) async fn compare(args: &SuiteArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(crate::default_socketio_dir);
     let url = redis.url();
-    let fanout_nodes = (1..=2)
-        .map(|i| deploy::fanout(&fanout_bin, &format!("bench{i}"), Some(&url)))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let sio_nodes = (1..=2)
-        .map(|i| deploy::socketio(&args.node_bin, &dir, &format!("sio{i}"), Some(&url)))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let (mut fanout_nodes, mut sio_nodes) = (Vec::new(), Vec::new());
+    for i in 1..=2 {
+        let id = format!("bench{i}");
+        fanout_nodes.push(deploy::fanout(&fanout_bin, &id, Some(&url)).await?);
+    }
+    for i in 1..=2 {
+        let id = format!("sio{i}");
+        sio_nodes.push(deploy::socketio(&args.node_bin, &dir, &id, Some(&url)).await?);
+    }
     let envs = [
         args.env(Target::Fanout, &fanout_nodes, Some(&redis)),
         args.env(Target::Socketio, &sio_nodes, Some(&redis)),
