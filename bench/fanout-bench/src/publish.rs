@@ -30,13 +30,32 @@ use crate::{
 };
 
 /// Where one message goes, by connection index.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Dest {
     /// User `u<i>`.
     User(u64),
+    /// `n` users in one message: `u<(first + j) mod of>` for `j < n`
+    /// (distinct while `n ≤ of`).
+    Users {
+        first: u64,
+        n: u64,
+        of: u64,
+    },
     /// Group `g<i>`.
     Group(u64),
     All,
+}
+
+impl Dest {
+    /// The users of a `Users` destination (one for `User`, none otherwise).
+    pub(crate) fn users(self) -> impl Iterator<Item = u64> {
+        let (first, n, of) = match self {
+            Self::User(i) => (i, 1, u64::MAX),
+            Self::Users { first, n, of } => (first, n, of.max(1)),
+            Self::Group(_) | Self::All => (0, 0, 1),
+        };
+        (0..n).map(move |j| (first + j) % of)
+    }
 }
 
 #[derive(Debug)]
@@ -82,9 +101,12 @@ impl RedisTarget {
         })
     }
 
+    /// The channel of a destination; a `Users` destination has one per
+    /// user, published separately (see `drive_pipelined`).
     fn channel(&self, dest: Dest) -> String {
         match dest {
             Dest::User(i) => format!("{}:user:{}", self.prefix, uid(i)),
+            Dest::Users { first, .. } => format!("{}:user:{}", self.prefix, uid(first)),
             Dest::Group(g) => format!("{}:group:{}", self.prefix, group(g, 1).unwrap_or_default()),
             Dest::All => format!("{}:all", self.prefix),
         }
@@ -124,11 +146,24 @@ impl Publisher {
 
 impl HttpPublisher {
     /// The request body publishing `payload` (a JSON object) to `dest`.
-    fn body(&self, dest: Dest, payload: &str) -> Bytes {
+    fn body(&self, dest: Dest, payload: &str) -> Result<Bytes, String> {
         let body = match self.target {
             Target::Fanout => {
                 let to = match dest {
                     Dest::User(i) => format!(r#"{{"users":["{}"]}}"#, uid(i)),
+                    Dest::Users { .. } => {
+                        let mut to = String::from(r#"{"users":["#);
+                        for (j, u) in dest.users().enumerate() {
+                            if j > 0 {
+                                to.push(',');
+                            }
+                            to.push('"');
+                            to.push_str(&uid(u));
+                            to.push('"');
+                        }
+                        to.push_str("]}");
+                        to
+                    }
                     Dest::Group(g) => format!(r#"{{"groups":["g{g}"]}}"#),
                     Dest::All => r#"{"all":true}"#.to_owned(),
                 };
@@ -137,13 +172,16 @@ impl HttpPublisher {
             Target::Socketio => {
                 let to = match dest {
                     Dest::User(i) => format!(r#""to":"{}","#, uid(i)),
+                    Dest::Users { .. } => {
+                        return Err("the Socket.IO peer publishes to one user per request".into());
+                    }
                     Dest::Group(g) => format!(r#""room":"g{g}","#),
                     Dest::All => String::new(),
                 };
                 format!(r#"{{{to}"event":"new_msg","content":{payload}}}"#)
             }
         };
-        body.into()
+        Ok(body.into())
     }
 
     /// Publishes `payload` to `dest` on node `n mod nodes`, over `conns[n
@@ -159,7 +197,7 @@ impl HttpPublisher {
         let (Some(endpoint), Some(conn)) = (self.endpoints.get(k), conns.get_mut(k)) else {
             return Err("no node to publish to".into());
         };
-        expect_ok(endpoint.post(conn, self.body(dest, payload)).await?)
+        expect_ok(endpoint.post(conn, self.body(dest, payload)?).await?)
     }
 }
 
@@ -405,6 +443,17 @@ async fn drive_pipelined(target: &RedisTarget, plan: Drive, dest_of: impl Fn(u64
             let msg =
                 format!(r#"{{"event":"bench","data":{{"s":{seq},"t":{t},"p":"{padding}"}}}}"#);
             // Queues the command in memory; nothing can fail yet.
+            if let Dest::Users { .. } = dest {
+                // One PUBLISH per user (the channels differ).
+                for u in dest.users() {
+                    let channel = target.channel(Dest::User(u));
+                    let _: Result<(), _> = pipeline.publish(channel, msg.clone()).await;
+                    offsets.push(j as usize);
+                }
+                sent.dests.push(dest);
+                sent.send_times[j as usize] = t;
+                continue;
+            }
             let _: Result<(), _> = pipeline.publish(target.channel(dest), msg).await;
             sent.dests.push(dest);
             sent.send_times[j as usize] = t;

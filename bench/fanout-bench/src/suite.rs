@@ -13,7 +13,7 @@ use crate::{
     control::Target,
     deploy::{self, API_KEY, Node, SECRET, find_bin},
     report::{Goal, Outcome, fmt_num},
-    scenario::{self, BroadcastOpts, Env, SteadyOpts},
+    scenario::{self, ApiOpts, BroadcastOpts, Env, SteadyOpts},
 };
 
 #[derive(Debug, Args)]
@@ -23,7 +23,7 @@ pub(crate) struct SuiteArgs {
     quick: bool,
     /// Run only these scenarios (comma-separated names from the table's
     /// first column, e.g. `broadcast,storm`; suite also knows
-    /// `broadcast-paced` and `broadcast-redis`).
+    /// `broadcast-paced`, `broadcast-redis` and `publish-api-1000`).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// The fanout binary (default: next to fanout-bench, else on PATH).
@@ -138,6 +138,11 @@ struct Sizes {
     api_users: u64,
     api_in_flight: usize,
     api_for: Duration,
+    /// publish-api-1000: clients (on two nodes), users per request,
+    /// requests in flight.
+    many_users: u64,
+    many_per_publish: u64,
+    many_in_flight: usize,
 }
 
 impl Sizes {
@@ -161,6 +166,9 @@ impl Sizes {
                 api_users: 100,
                 api_in_flight: 8,
                 api_for: Duration::from_secs(2),
+                many_users: 200,
+                many_per_publish: 50,
+                many_in_flight: 4,
             }
         } else {
             Self {
@@ -181,6 +189,9 @@ impl Sizes {
                 api_users: 1_000,
                 api_in_flight: 32,
                 api_for: Duration::from_secs(10),
+                many_users: 4_000,
+                many_per_publish: 1_000,
+                many_in_flight: 16,
             }
         }
     }
@@ -216,9 +227,9 @@ async fn attempt(
 pub(crate) fn failed(outcomes: &[Outcome]) -> bool {
     outcomes.iter().any(|o| {
         !o.errors.is_empty()
-            || o.accounting
-                .as_ref()
-                .is_some_and(|a| a.missing > 0 || a.duplicated > 0)
+            || o.accounting.as_ref().is_some_and(|a| {
+                a.missing > 0 || a.duplicated > 0 || a.clients_mismatched.is_some_and(|n| n > 0)
+            })
     })
 }
 
@@ -240,7 +251,7 @@ enum Run {
     Broadcast(BroadcastOpts),
     Steady(SteadyOpts),
     Storm,
-    PublishApi,
+    PublishApi(ApiOpts),
 }
 
 fn steps(s: &Sizes, quick: bool) -> Vec<Step> {
@@ -337,11 +348,34 @@ fn steps(s: &Sizes, quick: bool) -> Vec<Step> {
             nodes: 1,
             redis: false,
             via_redis: false,
-            run: Run::PublishApi,
+            run: Run::PublishApi(ApiOpts {
+                users: s.api_users,
+                users_per_publish: 1,
+                in_flight: s.api_in_flight,
+                duration: s.api_for,
+            }),
             goals: &[
                 ("requests/s", Goal::AtLeast(20_000.0)),
                 ("request p99", Goal::AtMost(10.0)),
             ],
+        },
+        // Many targets per request, through the HTTP API of nodes on
+        // Redis: what a node does per target (one Redis round trip each,
+        // in turn or at once) shows in requests/s and request p99.
+        Step {
+            name: "publish-api",
+            also: "publish-api-1000",
+            label: "publish-api, 1,000 users per request",
+            nodes: 2,
+            redis: true,
+            via_redis: false,
+            run: Run::PublishApi(ApiOpts {
+                users: s.many_users,
+                users_per_publish: s.many_per_publish,
+                in_flight: s.many_in_flight,
+                duration: s.api_for,
+            }),
+            goals: &[],
         },
     ]
 }
@@ -355,6 +389,7 @@ pub(crate) async fn suite(args: &SuiteArgs) -> anyhow::Result<ExitCode> {
         "steady",
         "storm",
         "publish-api",
+        "publish-api-1000",
     ])?;
     let s = Sizes::new(args.quick);
     let mut out = Vec::new();
@@ -389,9 +424,8 @@ pub(crate) async fn suite(args: &SuiteArgs) -> anyhow::Result<ExitCode> {
                 )
                 .await
             }
-            Run::PublishApi => {
-                let run = scenario::publish_api(env, s.api_users, s.api_in_flight, s.api_for);
-                attempt(name, Target::Fanout, run).await
+            Run::PublishApi(opts) => {
+                attempt(name, Target::Fanout, scenario::publish_api(env, opts)).await
             }
         };
         if !args.quick {
@@ -507,7 +541,15 @@ pub(crate) async fn compare(args: &SuiteArgs) -> anyhow::Result<ExitCode> {
                     attempt(
                         "publish-api",
                         env.target,
-                        scenario::publish_api(env, api_users, in_flight, api_for),
+                        scenario::publish_api(
+                            env,
+                            ApiOpts {
+                                users: api_users,
+                                users_per_publish: 1,
+                                in_flight,
+                                duration: api_for,
+                            },
+                        ),
                     )
                     .await
                 }

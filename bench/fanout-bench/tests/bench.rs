@@ -90,6 +90,8 @@ fn assert_accounted(o: &Value) {
     assert_eq!(a["missing"], 0, "{name}: {o:#}");
     assert_eq!(a["duplicated"], 0, "{name}: {o:#}");
     assert_eq!(a["publish_failed"], 0, "{name}: {o:#}");
+    // Every client got exactly the messages addressed to it.
+    assert_eq!(a["clients_mismatched"], 0, "{name}: {o:#}");
 }
 
 fn metric(o: &Value, name: &str) -> f64 {
@@ -125,6 +127,7 @@ fn the_suite_runs_every_scenario_and_accounts_for_every_message() {
             "broadcast",
             "steady",
             "storm",
+            "publish-api",
             "publish-api"
         ],
         "{json:#}"
@@ -144,6 +147,21 @@ fn the_suite_runs_every_scenario_and_accounts_for_every_message() {
     let storm = &results[5];
     assert!(metric(storm, "SUBSCRIBE commands") >= 1.0, "{storm:#}");
     assert!(metric(storm, "UNSUBSCRIBE commands") >= 1.0, "{storm:#}");
+    // Many users per request, through two nodes on Redis: each request was
+    // delivered to all 50 of its users.
+    let many = &results[7];
+    let setup = many["setup"].as_str().unwrap();
+    assert!(
+        setup.contains("each to 50 of 200") && setup.contains("2 nodes, Redis"),
+        "{many:#}"
+    );
+    let a = &many["accounting"];
+    assert_eq!(
+        a["expected"].as_u64(),
+        a["sent"].as_u64().map(|s| s * 50),
+        "{many:#}"
+    );
+    assert!(metric(many, "requests/s") > 0.0, "{many:#}");
     assert!(ok, "fanout-bench exited with an error: {json:#}");
 }
 
