@@ -18,10 +18,17 @@ WORKDIR /src
 
 # Dependencies first, in their own layer: this layer is rebuilt only when
 # Cargo.toml or Cargo.lock change, not on every source edit.
+# Cargo.toml is a workspace: cargo reads every member's manifest (and wants
+# a target in each) even to build one package, so the manifests of the load
+# tool and of the test support crate come along with empty sources. Only the
+# server is ever built here.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src \
+COPY bench/fanout-bench/Cargo.toml bench/fanout-bench/
+COPY bench/testkit/Cargo.toml bench/testkit/
+RUN mkdir src bench/fanout-bench/src bench/testkit/src \
  && echo 'fn main() {}' > src/main.rs \
- && touch src/lib.rs \
+ && touch src/lib.rs bench/testkit/src/lib.rs \
+ && echo 'fn main() {}' > bench/fanout-bench/src/main.rs \
  && cargo build --release --locked --bin fanout \
  && rm -rf src
 

@@ -14,7 +14,8 @@ run:
 build:
 	$(CARGO) build --release --bin fanout
 
-## Everything CI checks: formatting, lints, every test, the Helm chart.
+## Everything CI checks: formatting, lints, every test of every package of
+## the workspace (the server and bench/), the Helm chart.
 test: fmt-check lint unit-test helm-lint
 
 fmt:
@@ -24,19 +25,21 @@ fmt-check:
 	$(CARGO) fmt --all -- --check
 
 lint:
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # Integration tests start their own redis-server processes and use promtool
 # and prometheus (extracted from Debian's package into a cache); with
 # FANOUT_REQUIRE_* set, anything missing fails the tests instead of skipping.
+# --workspace also builds the server's `fanout` binary, which the bench's
+# smoke test (bench/fanout-bench/tests/bench.rs) starts its nodes from.
 unit-test: ensure-redis ensure-node
 	@bin=$$(.ci/ensure-prometheus.sh) && \
 	export PROMTOOL_BIN="$$bin/promtool" PROMETHEUS_BIN="$$bin/prometheus" \
 		FANOUT_REQUIRE_REDIS=1 FANOUT_REQUIRE_TOOLS=1 && \
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
-		$(CARGO) nextest run --no-fail-fast; \
+		$(CARGO) nextest run --workspace --no-fail-fast; \
 	else \
-		$(CARGO) test --no-fail-fast; \
+		$(CARGO) test --workspace --no-fail-fast; \
 	fi
 
 ensure-redis:
@@ -51,13 +54,13 @@ ensure-node:
 ## starts its own redis-server and fanout nodes, prints one table.
 ## BENCH_ARGS adds options, e.g. BENCH_ARGS="--only broadcast --json".
 bench: ensure-redis
-	$(CARGO) build --release --bins
+	$(CARGO) build --release -p fanout -p fanout-bench
 	target/release/fanout-bench suite $(BENCH_ARGS)
 
 ## The same scenarios against two fanout nodes and two Socket.IO nodes
 ## (socket.io + @socket.io/redis-adapter) on one Redis, with the ratios.
 bench-compare: ensure-redis ensure-node
-	$(CARGO) build --release --bins
+	$(CARGO) build --release -p fanout -p fanout-bench
 	target/release/fanout-bench compare $(BENCH_ARGS)
 
 ## helm lint --strict + template + offline schema validation of the chart

@@ -83,7 +83,7 @@ impl Env {
             self.target,
             &self.nodes,
             &self.api_key,
-        )))
+        )?))
     }
 
     fn redis_pids(&self) -> Vec<u32> {
@@ -168,15 +168,18 @@ fn resources(out: &mut Outcome, env: &Env, meter: &CpuMeter) {
 struct Merged {
     counts: Vec<u64>,
     max_latency: Vec<u64>,
+    /// Per connection: deliveries and the sum of their offsets.
+    per_conn: Vec<(u64, u64)>,
     latency: Histogram<u64>,
     stray: u64,
     closed: BTreeMap<u16, u64>,
 }
 
-fn merge(reports: &[PhaseReport], len: usize) -> Merged {
+fn merge(reports: &[PhaseReport], len: usize, conns: u64) -> Merged {
     let mut m = Merged {
         counts: vec![0; len],
         max_latency: vec![0; len],
+        per_conn: vec![(0, 0); conns as usize],
         latency: latency_hist(),
         stray: 0,
         closed: BTreeMap::new(),
@@ -188,6 +191,12 @@ fn merge(reports: &[PhaseReport], len: usize) -> Merged {
                 m.max_latency[i] = m.max_latency[i].max(u64::from(lat));
             }
         }
+        for &(conn, n, sum) in &r.per_conn {
+            if let Some(c) = m.per_conn.get_mut(conn as usize) {
+                c.0 += u64::from(n);
+                c.1 = c.1.wrapping_add(sum);
+            }
+        }
         pairs_into_hist(&mut m.latency, &r.latency);
         m.stray += r.stray;
         for (code, n) in &r.closed_by_code {
@@ -197,14 +206,69 @@ fn merge(reports: &[PhaseReport], len: usize) -> Merged {
     m
 }
 
-/// Accounts for every message and adds throughput and latency metrics.
-/// Returns the unix µs of the last delivery.
-fn account(
-    out: &mut Outcome,
-    sent: &Sent,
-    merged: &Merged,
-    expected_of: impl Fn(Dest) -> u64,
-) -> u64 {
+/// Who receives what: `k` connections (users u0 … u<k-1>), connection `i`
+/// in group `g<i / group_size>` when `group_size > 0`.
+#[derive(Debug, Clone, Copy)]
+struct Audience {
+    k: u64,
+    group_size: u64,
+}
+
+impl Audience {
+    /// The connections a message to `dest` reaches.
+    fn each(self, dest: Dest, mut f: impl FnMut(u64)) {
+        match dest {
+            Dest::User(_) | Dest::Users { .. } => dest.users().filter(|&u| u < self.k).for_each(f),
+            Dest::Group(g) if self.group_size > 0 => {
+                let lo = g.saturating_mul(self.group_size).min(self.k);
+                let hi = lo.saturating_add(self.group_size).min(self.k);
+                (lo..hi).for_each(f);
+            }
+            Dest::Group(_) => {}
+            Dest::All => (0..self.k).for_each(&mut f),
+        }
+    }
+
+    fn count(self, dest: Dest) -> u64 {
+        let mut n = 0;
+        self.each(dest, |_| n += 1);
+        n
+    }
+}
+
+/// Connections whose deliveries differ from what was addressed to them:
+/// each must have received every successful message that named it exactly
+/// once, and nothing else (checked by count and by the sum of the
+/// messages' offsets). `None` when some publish failed: a failed request may
+/// still have been delivered, so the expectation is unknown.
+fn clients_mismatched(sent: &Sent, merged: &Merged, audience: Audience) -> Option<u64> {
+    if sent.failed > 0 {
+        return None;
+    }
+    let mut expected = vec![(0u64, 0u64); merged.per_conn.len()];
+    for (i, (&t, &dest)) in sent.send_times.iter().zip(&sent.dests).enumerate() {
+        if t == 0 {
+            continue;
+        }
+        audience.each(dest, |c| {
+            if let Some(e) = expected.get_mut(c as usize) {
+                e.0 += 1;
+                e.1 = e.1.wrapping_add(i as u64);
+            }
+        });
+    }
+    Some(
+        expected
+            .iter()
+            .zip(&merged.per_conn)
+            .filter(|(e, got)| e != got)
+            .count() as u64,
+    )
+}
+
+/// Accounts for every message and every client, and adds throughput and
+/// latency metrics. Returns the unix µs of the last delivery.
+fn account(out: &mut Outcome, sent: &Sent, merged: &Merged, audience: Audience) -> u64 {
     let mut acc = Accounting {
         sent: sent.sent,
         publish_failed: sent.failed,
@@ -217,7 +281,7 @@ fn account(
         if t == 0 {
             continue; // failed publish
         }
-        let expected = expected_of(dest);
+        let expected = audience.count(dest);
         let got = merged.counts.get(i).copied().unwrap_or(0);
         acc.expected += expected;
         acc.delivered += got.min(expected);
@@ -241,6 +305,7 @@ fn account(
     out.percentiles("last delivery", &completion, &[0.5, 0.99]);
     out.closed_by_server = merged.closed.clone();
     out.errors.extend(sent.errors.iter().cloned());
+    acc.clients_mismatched = clients_mismatched(sent, merged, audience);
     out.accounting = Some(acc);
     last
 }
@@ -286,7 +351,7 @@ pub(crate) async fn idle(
         );
     }
     let reports = load.pool.reports().await?;
-    let merged = merge(&reports, 0);
+    let merged = merge(&reports, 0, 0);
     out.closed_by_server = merged.closed;
     out.metric(
         "open at end",
@@ -345,11 +410,12 @@ pub(crate) async fn broadcast(env: &Env, o: BroadcastOpts) -> anyhow::Result<Out
         pad: o.pad,
     };
     let dest = if o.to_all { Dest::All } else { Dest::Group(0) };
-    let sent = drive(publisher, plan, |_| dest).await;
+    let sent = drive(publisher, plan, move |_| dest).await;
     let reports = load.settle(env, sent.sent * k).await?;
     resources(&mut out, env, &meter);
-    let merged = merge(&reports, o.messages as usize);
-    account(&mut out, &sent, &merged, |_| k);
+    let merged = merge(&reports, o.messages as usize, k);
+    let group_size = if o.to_all { 0 } else { k };
+    account(&mut out, &sent, &merged, Audience { k, group_size });
     load.pool.close().await?;
     Ok(out)
 }
@@ -416,18 +482,15 @@ pub(crate) async fn steady(env: &Env, o: SteadyOpts) -> anyhow::Result<Outcome> 
         in_flight: 512,
         pad: o.pad,
     };
-    let sent = drive(publisher, plan, |i| dests[i as usize]).await;
-    let members = |g: u64| group_size.min(k.saturating_sub(g * group_size));
+    let dests = Arc::new(dests);
+    let sent = drive(publisher, plan, move |i| dests[i as usize]).await;
+    let audience = Audience { k, group_size };
     let expected_total: u64 = sent
         .send_times
         .iter()
         .zip(&sent.dests)
         .filter(|(t, _)| **t > 0)
-        .map(|(_, d)| match *d {
-            Dest::User(_) => 1,
-            Dest::Group(g) => members(g),
-            Dest::All => k,
-        })
+        .map(|(_, d)| audience.count(*d))
         .sum();
     let reports = load.settle(env, expected_total).await?;
     resources(&mut out, env, &meter);
@@ -436,12 +499,8 @@ pub(crate) async fn steady(env: &Env, o: SteadyOpts) -> anyhow::Result<Outcome> 
         sent.sent as f64 / sent.elapsed.as_secs_f64(),
         "/s",
     );
-    let merged = merge(&reports, len as usize);
-    account(&mut out, &sent, &merged, |d| match d {
-        Dest::User(_) => 1,
-        Dest::Group(g) => members(g),
-        Dest::All => k,
-    });
+    let merged = merge(&reports, len as usize, k);
+    account(&mut out, &sent, &merged, audience);
     load.pool.close().await?;
     Ok(out)
 }
@@ -546,8 +605,12 @@ pub(crate) async fn storm(env: &Env, count: u64, down: Duration) -> anyhow::Resu
     let sent = drive(publisher.clone(), plan, Dest::User).await;
     let reports = load.settle(env, sent.sent).await?;
     resources(&mut out, env, &meter);
-    let merged = merge(&reports, count as usize);
-    let last = account(&mut out, &sent, &merged, |_| 1);
+    let merged = merge(&reports, count as usize, count);
+    let audience = Audience {
+        k: count,
+        group_size: 0,
+    };
+    let last = account(&mut out, &sent, &merged, audience);
     out.metrics.retain(|m| m.name != "deliveries/s");
     let reconnect_start = t0 + down.as_micros() as u64;
     out.metric(
@@ -596,17 +659,39 @@ pub(crate) async fn storm(env: &Env, count: u64, down: Duration) -> anyhow::Resu
 
 // --------------------------------------------------------- publish-api
 
-pub(crate) async fn publish_api(
-    env: &Env,
-    users: u64,
-    in_flight: usize,
-    duration: Duration,
-) -> anyhow::Result<Outcome> {
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ApiOpts {
+    /// Connected users (one connection each).
+    pub(crate) users: u64,
+    /// Distinct users named in each request's `to.users` (1 ..= users).
+    pub(crate) users_per_publish: u64,
+    pub(crate) in_flight: usize,
+    pub(crate) duration: Duration,
+}
+
+pub(crate) async fn publish_api(env: &Env, o: ApiOpts) -> anyhow::Result<Outcome> {
+    let ApiOpts {
+        users,
+        users_per_publish: n,
+        in_flight,
+        duration,
+    } = o;
+    if n == 0 || n > users {
+        bail!("--users-per-publish must be between 1 and --users ({users}), not {n}");
+    }
+    if n > 1 && env.target != Target::Fanout {
+        bail!("--users-per-publish > 1 needs --target fanout (the Socket.IO peer takes one user)");
+    }
+    let each = if n == 1 {
+        format!("each to one of {users} connected users")
+    } else {
+        format!("each to {n} of {users} connected users")
+    };
     let mut out = Outcome::new(
         "publish-api",
         env.target.name(),
         format!(
-            "{in_flight} requests in flight for {}s, each to one of {users} connected users, {}",
+            "{in_flight} requests in flight for {}s, {each}, {}",
             duration.as_secs(),
             env.nodes_desc()
         ),
@@ -624,11 +709,22 @@ pub(crate) async fn publish_api(
         in_flight,
         pad: 0,
     };
-    let sent = drive(publisher, plan, |i| {
-        Dest::User(i.wrapping_mul(7919) % users)
+    // Request i starts at a user spread over the range by a prime stride;
+    // with n > 1 it names the n users from there on (mod users).
+    let sent = drive(publisher, plan, move |i| {
+        let first = i.wrapping_mul(7919) % users;
+        if n == 1 {
+            Dest::User(first)
+        } else {
+            Dest::Users {
+                first,
+                n,
+                of: users,
+            }
+        }
     })
     .await;
-    let reports = load.settle(env, sent.sent).await?;
+    let reports = load.settle(env, sent.sent * n).await?;
     resources(&mut out, env, &meter);
     out.metric(
         "requests/s",
@@ -636,10 +732,73 @@ pub(crate) async fn publish_api(
         "/s",
     );
     out.percentiles("request", &sent.request_latency, &[0.5, 0.99, 0.999]);
-    let merged = merge(&reports, sent.send_times.len());
-    account(&mut out, &sent, &merged, |_| 1);
+    let merged = merge(&reports, sent.send_times.len(), users);
+    let audience = Audience {
+        k: users,
+        group_size: 0,
+    };
+    account(&mut out, &sent, &merged, audience);
+    // Per delivery latency says little here; with several users per
+    // request, "last delivery" (until the last of them had it) stays. With
+    // one user per request, deliveries/s is requests/s again.
     out.metrics
-        .retain(|m| m.name != "deliveries/s" && !m.name.starts_with("latency"));
+        .retain(|m| !m.name.starts_with("latency ") && (n > 1 || m.name != "deliveries/s"));
     load.pool.close().await?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sent(dests: Vec<Dest>) -> Sent {
+        Sent {
+            sent: dests.len() as u64,
+            failed: 0,
+            errors: Vec::new(),
+            send_times: vec![1; dests.len()],
+            dests,
+            request_latency: latency_hist(),
+            elapsed: Duration::from_secs(1),
+        }
+    }
+
+    fn merged(per_conn: Vec<(u64, u64)>) -> Merged {
+        Merged {
+            counts: Vec::new(),
+            max_latency: Vec::new(),
+            per_conn,
+            latency: latency_hist(),
+            stray: 0,
+            closed: BTreeMap::new(),
+        }
+    }
+
+    /// Message 0 to users 3, 0 (wrapping) of 4; message 1 to user 1. A
+    /// client that got another client's message is caught even when every
+    /// message was delivered as often as expected.
+    #[test]
+    fn clients_must_get_exactly_their_messages() {
+        let audience = Audience {
+            k: 4,
+            group_size: 0,
+        };
+        let s = sent(vec![
+            Dest::Users {
+                first: 3,
+                n: 2,
+                of: 4,
+            },
+            Dest::User(1),
+        ]);
+        assert_eq!(audience.count(s.dests[0]), 2);
+        let right = merged(vec![(1, 0), (1, 1), (0, 0), (1, 0)]);
+        assert_eq!(clients_mismatched(&s, &right, audience), Some(0));
+        // User 2 got message 1 instead of user 1.
+        let wrong = merged(vec![(1, 0), (0, 0), (1, 1), (1, 0)]);
+        assert_eq!(clients_mismatched(&s, &wrong, audience), Some(2));
+        // User 0 got message 1 instead of message 0 (same count).
+        let swapped = merged(vec![(1, 1), (1, 1), (0, 0), (1, 0)]);
+        assert_eq!(clients_mismatched(&s, &swapped, audience), Some(1));
+    }
 }

@@ -5,14 +5,15 @@
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::Args;
+use fanout_testkit::RedisServer;
 use serde::Serialize;
 
 use crate::{
     LoadArgs,
     control::Target,
-    deploy::{self, API_KEY, Node, Redis, SECRET, find_bin},
+    deploy::{self, API_KEY, Node, SECRET, find_bin},
     report::{Goal, Outcome, fmt_num},
-    scenario::{self, BroadcastOpts, Env, SteadyOpts},
+    scenario::{self, ApiOpts, BroadcastOpts, Env, SteadyOpts},
 };
 
 #[derive(Debug, Args)]
@@ -22,7 +23,7 @@ pub(crate) struct SuiteArgs {
     quick: bool,
     /// Run only these scenarios (comma-separated names from the table's
     /// first column, e.g. `broadcast,storm`; suite also knows
-    /// `broadcast-paced` and `broadcast-redis`).
+    /// `broadcast-paced`, `broadcast-redis` and `publish-api-1000`).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// The fanout binary (default: next to fanout-bench, else on PATH).
@@ -46,7 +47,7 @@ pub(crate) struct SuiteArgs {
 
 /// A deployment started for one or more scenarios; dropped, it stops.
 struct Deployed {
-    _redis: Option<Redis>,
+    _redis: Option<RedisServer>,
     _nodes: Vec<Node>,
     env: Env,
 }
@@ -69,15 +70,15 @@ impl SuiteArgs {
         self.only.is_empty() || self.only.iter().any(|o| o == name)
     }
 
-    fn env(&self, target: Target, nodes: &[Node], redis: Option<&Redis>) -> Env {
+    fn env(&self, target: Target, nodes: &[Node], redis: Option<&RedisServer>) -> Env {
         Env {
             target,
             nodes: nodes.iter().map(|n| n.addr).collect(),
             pids: nodes.iter().map(|n| n.proc_.pid()).collect(),
-            redis_pid: redis.map(|r| r.proc_.pid()),
+            redis_pid: redis.and_then(RedisServer::pid),
             secret: SECRET.into(),
             api_key: API_KEY.into(),
-            redis: redis.map(|r| r.url.clone()),
+            redis: redis.map(RedisServer::url),
             prefix: "fanout".into(),
             via_redis: false,
             broker: Some(if redis.is_some() {
@@ -92,27 +93,23 @@ impl SuiteArgs {
         }
     }
 
-    fn redis(&self) -> anyhow::Result<Redis> {
-        Redis::start(&find_bin(self.redis_server_bin.as_deref(), "redis-server"))
+    fn redis(&self) -> anyhow::Result<RedisServer> {
+        deploy::redis(&find_bin(self.redis_server_bin.as_deref(), "redis-server"))
     }
 
     /// `n` fanout nodes, on Redis or (one node) the memory broker.
-    fn fanout(&self, n: usize, with_redis: bool) -> anyhow::Result<Deployed> {
+    async fn fanout(&self, n: usize, with_redis: bool) -> anyhow::Result<Deployed> {
         let redis = if with_redis {
             Some(self.redis()?)
         } else {
             None
         };
         let bin = find_bin(self.fanout_bin.as_deref(), "fanout");
-        let nodes = (1..=n)
-            .map(|i| {
-                deploy::fanout(
-                    &bin,
-                    &format!("bench{i}"),
-                    redis.as_ref().map(|r| r.url.as_str()),
-                )
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let url = redis.as_ref().map(RedisServer::url);
+        let mut nodes = Vec::with_capacity(n);
+        for i in 1..=n {
+            nodes.push(deploy::fanout(&bin, &format!("bench{i}"), url.as_deref()).await?);
+        }
         let env = self.env(Target::Fanout, &nodes, redis.as_ref());
         Ok(Deployed {
             _redis: redis,
@@ -141,6 +138,11 @@ struct Sizes {
     api_users: u64,
     api_in_flight: usize,
     api_for: Duration,
+    /// publish-api-1000: clients (on two nodes), users per request,
+    /// requests in flight.
+    many_users: u64,
+    many_per_publish: u64,
+    many_in_flight: usize,
 }
 
 impl Sizes {
@@ -164,6 +166,9 @@ impl Sizes {
                 api_users: 100,
                 api_in_flight: 8,
                 api_for: Duration::from_secs(2),
+                many_users: 200,
+                many_per_publish: 50,
+                many_in_flight: 4,
             }
         } else {
             Self {
@@ -184,6 +189,9 @@ impl Sizes {
                 api_users: 1_000,
                 api_in_flight: 32,
                 api_for: Duration::from_secs(10),
+                many_users: 4_000,
+                many_per_publish: 1_000,
+                many_in_flight: 16,
             }
         }
     }
@@ -219,9 +227,9 @@ async fn attempt(
 pub(crate) fn failed(outcomes: &[Outcome]) -> bool {
     outcomes.iter().any(|o| {
         !o.errors.is_empty()
-            || o.accounting
-                .as_ref()
-                .is_some_and(|a| a.missing > 0 || a.duplicated > 0)
+            || o.accounting.as_ref().is_some_and(|a| {
+                a.missing > 0 || a.duplicated > 0 || a.clients_mismatched.is_some_and(|n| n > 0)
+            })
     })
 }
 
@@ -243,7 +251,7 @@ enum Run {
     Broadcast(BroadcastOpts),
     Steady(SteadyOpts),
     Storm,
-    PublishApi,
+    PublishApi(ApiOpts),
 }
 
 fn steps(s: &Sizes, quick: bool) -> Vec<Step> {
@@ -340,11 +348,34 @@ fn steps(s: &Sizes, quick: bool) -> Vec<Step> {
             nodes: 1,
             redis: false,
             via_redis: false,
-            run: Run::PublishApi,
+            run: Run::PublishApi(ApiOpts {
+                users: s.api_users,
+                users_per_publish: 1,
+                in_flight: s.api_in_flight,
+                duration: s.api_for,
+            }),
             goals: &[
                 ("requests/s", Goal::AtLeast(20_000.0)),
                 ("request p99", Goal::AtMost(10.0)),
             ],
+        },
+        // Many targets per request, through the HTTP API of nodes on
+        // Redis: what a node does per target (one Redis round trip each,
+        // in turn or at once) shows in requests/s and request p99.
+        Step {
+            name: "publish-api",
+            also: "publish-api-1000",
+            label: "publish-api, 1,000 users per request",
+            nodes: 2,
+            redis: true,
+            via_redis: false,
+            run: Run::PublishApi(ApiOpts {
+                users: s.many_users,
+                users_per_publish: s.many_per_publish,
+                in_flight: s.many_in_flight,
+                duration: s.api_for,
+            }),
+            goals: &[],
         },
     ]
 }
@@ -358,6 +389,7 @@ pub(crate) async fn suite(args: &SuiteArgs) -> anyhow::Result<ExitCode> {
         "steady",
         "storm",
         "publish-api",
+        "publish-api-1000",
     ])?;
     let s = Sizes::new(args.quick);
     let mut out = Vec::new();
@@ -367,7 +399,7 @@ pub(crate) async fn suite(args: &SuiteArgs) -> anyhow::Result<ExitCode> {
         }
         progress(step.label);
         // Each run gets a fresh deployment, stopped (dropped) after it.
-        let mut d = args.fanout(step.nodes, step.redis)?;
+        let mut d = args.fanout(step.nodes, step.redis).await?;
         d.env.via_redis = step.via_redis;
         let env = &d.env;
         let name = step.name;
@@ -392,9 +424,8 @@ pub(crate) async fn suite(args: &SuiteArgs) -> anyhow::Result<ExitCode> {
                 )
                 .await
             }
-            Run::PublishApi => {
-                let run = scenario::publish_api(env, s.api_users, s.api_in_flight, s.api_for);
-                attempt(name, Target::Fanout, run).await
+            Run::PublishApi(opts) => {
+                attempt(name, Target::Fanout, scenario::publish_api(env, opts)).await
             }
         };
         if !args.quick {
@@ -445,12 +476,16 @@ pub(crate) async fn compare(args: &SuiteArgs) -> anyhow::Result<ExitCode> {
         .socketio_dir
         .clone()
         .unwrap_or_else(crate::default_socketio_dir);
-    let fanout_nodes = (1..=2)
-        .map(|i| deploy::fanout(&fanout_bin, &format!("bench{i}"), Some(&redis.url)))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let sio_nodes = (1..=2)
-        .map(|i| deploy::socketio(&args.node_bin, &dir, &format!("sio{i}"), Some(&redis.url)))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let url = redis.url();
+    let (mut fanout_nodes, mut sio_nodes) = (Vec::new(), Vec::new());
+    for i in 1..=2 {
+        let id = format!("bench{i}");
+        fanout_nodes.push(deploy::fanout(&fanout_bin, &id, Some(&url)).await?);
+    }
+    for i in 1..=2 {
+        let id = format!("sio{i}");
+        sio_nodes.push(deploy::socketio(&args.node_bin, &dir, &id, Some(&url)).await?);
+    }
     let envs = [
         args.env(Target::Fanout, &fanout_nodes, Some(&redis)),
         args.env(Target::Socketio, &sio_nodes, Some(&redis)),
@@ -506,7 +541,15 @@ pub(crate) async fn compare(args: &SuiteArgs) -> anyhow::Result<ExitCode> {
                     attempt(
                         "publish-api",
                         env.target,
-                        scenario::publish_api(env, api_users, in_flight, api_for),
+                        scenario::publish_api(
+                            env,
+                            ApiOpts {
+                                users: api_users,
+                                users_per_publish: 1,
+                                in_flight,
+                                duration: api_for,
+                            },
+                        ),
                     )
                     .await
                 }

@@ -1,29 +1,24 @@
-//! Resource use of processes on this machine, from `/proc`.
+//! Resource use of processes on this machine, from `/proc` (through the
+//! `procfs` crate, the /proc reader the server uses too).
 
 use std::time::Instant;
 
-/// Clock ticks per second of `/proc/<pid>/stat` (`getconf CLK_TCK`; 100 on
-/// every Linux this runs on).
-const TICKS_PER_SEC: f64 = 100.0;
+use procfs::process::Process;
+
+fn process(pid: u32) -> Option<Process> {
+    Process::new(i32::try_from(pid).ok()?).ok()
+}
 
 /// Resident set size in bytes (`VmRSS` of `/proc/<pid>/status`).
 pub(crate) fn rss_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    let kib = process(pid)?.status().ok()?.vmrss?;
     Some(kib * 1024)
 }
 
 /// User + system CPU seconds used so far (`utime + stime` of `/proc/<pid>/stat`).
 pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces; fields after it follow ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / TICKS_PER_SEC)
+    let stat = process(pid)?.stat().ok()?;
+    Some((stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64)
 }
 
 /// CPU seconds of a set of processes, summed (missing processes count 0).
@@ -74,5 +69,8 @@ mod tests {
         let me = std::process::id();
         assert!(rss_bytes(me).is_some_and(|r| r > 0));
         assert!(cpu_seconds(me).is_some());
+        // Beyond pid_max (2^22): no such process, no reading.
+        assert_eq!(rss_bytes(1 << 23), None);
+        assert_eq!(cpu_seconds(u32::MAX), None);
     }
 }

@@ -55,6 +55,10 @@ pub(crate) struct Accounting {
     pub(crate) duplicated: u64,
     /// Deliveries of messages from outside the measurement.
     pub(crate) stray: u64,
+    /// Clients whose deliveries differ from the messages addressed to them
+    /// (count or which ones); absent when not checked (a publish failed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) clients_mismatched: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -199,6 +203,9 @@ pub(crate) fn table(outcomes: &[Outcome]) -> String {
                 a.missing,
                 a.duplicated
             );
+            if let Some(n) = a.clients_mismatched {
+                let _ = write!(text, " · clients mismatched {n}");
+            }
             if a.publish_failed > 0 {
                 let _ = write!(text, " · publish failed {}", a.publish_failed);
             }

@@ -12,6 +12,7 @@
 //! - `worker`, `client`, `recorder`: the worker process, one connection,
 //!   delivery accounting.
 //! - `pool`: the coordinator's handle on its workers.
+//! - `http`: keep-alive HTTP/1.1 connections on hyper's client.
 //! - `publish`: HTTP and Redis publishers and the rate driver.
 //! - `scenario`: idle, broadcast, steady, storm, publish-api.
 //! - `deploy`, `suite`: the default suite and the Socket.IO comparison,
@@ -26,6 +27,7 @@
 mod client;
 mod control;
 mod deploy;
+mod http;
 mod pool;
 mod procstat;
 mod publish;
@@ -42,7 +44,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::{
     control::Target,
     report::{Outcome, table},
-    scenario::{BroadcastOpts, Env, SteadyOpts},
+    scenario::{ApiOpts, BroadcastOpts, Env, SteadyOpts},
 };
 
 #[derive(Debug, Parser)]
@@ -142,6 +144,10 @@ enum Cmd {
         /// Connected users the requests publish to.
         #[arg(long, default_value_t = 1000)]
         users: u64,
+        /// Distinct connected users named in each request's `to.users`
+        /// (each request causes this many deliveries; fanout only).
+        #[arg(long, default_value_t = 1)]
+        users_per_publish: u64,
         /// Requests in flight at once, each on its own keep-alive connection.
         #[arg(long, default_value_t = 32)]
         in_flight: usize,
@@ -359,12 +365,18 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::PublishApi {
             deployment,
             users,
+            users_per_publish,
             in_flight,
             duration,
         } => {
             let env = deployment.env()?;
-            let out = scenario::publish_api(&env, users.max(1), in_flight, duration).await?;
-            (deployment, out)
+            let opts = ApiOpts {
+                users: users.max(1),
+                users_per_publish,
+                in_flight,
+                duration,
+            };
+            (deployment, scenario::publish_api(&env, opts).await?)
         }
     };
     let outcomes = [outcome];
@@ -387,5 +399,5 @@ pub(crate) fn print(outcomes: &[Outcome], json: bool) -> anyhow::Result<()> {
 
 /// Paths the suites need.
 pub(crate) fn default_socketio_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/peers/socketio")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../peers/socketio")
 }

@@ -1,23 +1,29 @@
 //! Deployments the suites start for themselves: a redis-server on a free
-//! port, fanout nodes, Socket.IO nodes. Every process is killed on drop.
+//! port (`fanout-testkit`, the launcher the integration tests use too),
+//! fanout nodes, Socket.IO nodes. Every process is killed on drop.
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    io::{BufRead, BufReader},
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
+use fanout_testkit::RedisServer;
+
+use crate::http;
 
 /// The secret and API key every node the bench starts is configured with.
 pub(crate) const SECRET: &str = "fanout-bench-secret-0123456789abcdef";
 pub(crate) const API_KEY: &str = "fanout-bench-api-key";
 
+/// How long a process the bench starts may take to become ready.
+const STARTUP: Duration = Duration::from_secs(20);
+
 fn free_port() -> anyhow::Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(l.local_addr()?.port())
+    fanout_testkit::free_port().context("finding a free port")
 }
 
 /// A child process killed (SIGKILL) and reaped on drop.
@@ -47,66 +53,33 @@ impl Drop for Proc {
     }
 }
 
-/// One HTTP/1.0 GET; the status code.
-fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    buf.split_whitespace().nth(1)?.parse().ok()
-}
-
-fn wait_until(proc_: &mut Proc, what: &str, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
+/// Waits until `GET <path>` on `addr` answers 200, failing early if the
+/// process exits.
+async fn wait_ready(proc_: &mut Proc, addr: SocketAddr, path: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + STARTUP;
     while Instant::now() < deadline {
         if let Some(exit) = proc_.exited() {
-            bail!("{exit} before {what}");
+            bail!("{exit} before it was ready");
         }
-        if ready() {
+        if http::get_status(addr, path, Duration::from_secs(2)).await == Some(200) {
             return Ok(());
         }
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    bail!("{} was not {what} after 20 s", proc_.name)
+    bail!(
+        "{} did not answer GET {path} with 200 within {STARTUP:?}",
+        proc_.name
+    )
 }
 
-#[derive(Debug)]
-pub(crate) struct Redis {
-    pub(crate) proc_: Proc,
-    pub(crate) url: String,
-}
-
-impl Redis {
-    pub(crate) fn start(bin: &Path) -> anyhow::Result<Self> {
-        let port = free_port()?;
-        let child = Command::new(bin)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--maxclients", "10000"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("starting {} (install redis-server)", bin.display()))?;
-        let mut proc_ = Proc {
-            child,
-            name: format!("redis-server :{port}"),
-        };
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        wait_until(&mut proc_, "accepting connections", || {
-            let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-                return false;
-            };
-            let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-            let mut buf = [0u8; 16];
-            s.write_all(b"PING\r\n").is_ok()
-                && s.read(&mut buf)
-                    .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
-        })?;
-        Ok(Self {
-            proc_,
-            url: format!("redis://127.0.0.1:{port}"),
-        })
-    }
+/// A redis-server for the nodes and the bench, on a free port.
+pub(crate) fn redis(bin: &Path) -> anyhow::Result<RedisServer> {
+    RedisServer::builder()
+        .bin(bin)
+        .args(["--maxclients", "10000"])
+        .patience(STARTUP)
+        .start()
+        .context("starting redis-server")
 }
 
 #[derive(Debug)]
@@ -116,7 +89,7 @@ pub(crate) struct Node {
 }
 
 /// Starts `fanout serve` with the bench's secret and API key.
-pub(crate) fn fanout(bin: &Path, id: &str, redis: Option<&str>) -> anyhow::Result<Node> {
+pub(crate) async fn fanout(bin: &Path, id: &str, redis: Option<&str>) -> anyhow::Result<Node> {
     let (port, internal) = (free_port()?, free_port()?);
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let internal = SocketAddr::from(([127, 0, 0, 1], internal));
@@ -144,14 +117,12 @@ pub(crate) fn fanout(bin: &Path, id: &str, redis: Option<&str>) -> anyhow::Resul
         child,
         name: format!("fanout {id}"),
     };
-    wait_until(&mut proc_, "ready", || {
-        http_status(internal, "/readyz") == Some(200)
-    })?;
+    wait_ready(&mut proc_, internal, "/readyz").await?;
     Ok(Node { proc_, addr })
 }
 
 /// Starts `node server.js` from the Socket.IO peer directory.
-pub(crate) fn socketio(
+pub(crate) async fn socketio(
     node_bin: &Path,
     dir: &Path,
     id: &str,
@@ -200,9 +171,7 @@ pub(crate) fn socketio(
         .and_then(|p| u16::try_from(p).ok())
         .context("socket.io node did not report its port")?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    wait_until(&mut proc_, "ready", || {
-        http_status(addr, "/healthz") == Some(200)
-    })?;
+    wait_ready(&mut proc_, addr, "/healthz").await?;
     Ok(Node { proc_, addr })
 }
 

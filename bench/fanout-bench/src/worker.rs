@@ -28,6 +28,7 @@ pub(crate) async fn run() -> anyhow::Result<()> {
         let event = match cmd {
             Command::Connect(plan) => {
                 shared.count_attempts(plan.count);
+                shared.recorder.set_connections(plan.first, plan.count);
                 let gate = Arc::new(Semaphore::new(plan.concurrency.max(1)));
                 for index in plan.first..plan.first + plan.count {
                     match Spec::new(&plan, index) {

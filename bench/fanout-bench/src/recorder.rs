@@ -1,6 +1,8 @@
 //! Worker-side accounting of deliveries: per sequence number, how many
-//! arrived and the slowest one; a latency histogram. Lock-free counters per
-//! sequence number, a few histogram shards behind short locks.
+//! arrived and the slowest one; per connection, how many arrived and the sum
+//! of their sequence offsets (so the coordinator can check that every client
+//! got exactly the messages addressed to it); a latency histogram.
+//! Lock-free counters, a few histogram shards behind short locks.
 
 use std::{
     collections::BTreeMap,
@@ -25,11 +27,19 @@ struct Phase {
     base: u64,
     counts: Vec<AtomicU32>,
     max_latency: Vec<AtomicU32>,
+    /// Connection index of `per_conn[0]`.
+    first_conn: u64,
+    /// Per connection of this worker: deliveries of this phase, and the sum
+    /// of their offsets.
+    per_conn: Vec<(AtomicU32, AtomicU64)>,
 }
 
 #[derive(Debug)]
 pub(crate) struct Recorder {
     phase: RwLock<Arc<Phase>>,
+    /// The connections this worker holds (first index, count), set by
+    /// `Connect`; each phase counts deliveries per connection over them.
+    conns: Mutex<(u64, u64)>,
     hist: Vec<Mutex<Histogram<u64>>>,
     received: AtomicU64,
     stray: AtomicU64,
@@ -56,7 +66,10 @@ impl Recorder {
                 base: 0,
                 counts: Vec::new(),
                 max_latency: Vec::new(),
+                first_conn: 0,
+                per_conn: Vec::new(),
             })),
+            conns: Mutex::new((0, 0)),
             hist: (0..SHARDS).map(|_| Mutex::new(new_hist())).collect(),
             received: AtomicU64::new(0),
             stray: AtomicU64::new(0),
@@ -64,13 +77,23 @@ impl Recorder {
         }
     }
 
+    /// The connections this worker holds: indices `first .. first + count`.
+    pub(crate) fn set_connections(&self, first: u64, count: u64) {
+        *self.conns.lock() = (first, count);
+    }
+
     /// Starts a phase: forgets earlier deliveries and counts `base .. base + len`.
     pub(crate) fn start_phase(&self, base: u64, len: u64) {
         let len = usize::try_from(len).unwrap_or(0);
+        let (first_conn, conns) = *self.conns.lock();
         *self.phase.write() = Arc::new(Phase {
             base,
             counts: (0..len).map(|_| AtomicU32::new(0)).collect(),
             max_latency: (0..len).map(|_| AtomicU32::new(0)).collect(),
+            first_conn,
+            per_conn: (0..conns)
+                .map(|_| (AtomicU32::new(0), AtomicU64::new(0)))
+                .collect(),
         });
         for h in &self.hist {
             h.lock().reset();
@@ -80,8 +103,9 @@ impl Recorder {
     }
 
     /// Looks for a bench payload (`"s":<seq>,"t":<unix µs>`) in a text frame
-    /// and records it. Returns whether the frame carried one.
-    pub(crate) fn record_frame(&self, text: &str, shard: usize) -> bool {
+    /// received by connection `conn`, and records it. Returns whether the
+    /// frame carried one.
+    pub(crate) fn record_frame(&self, text: &str, conn: u64) -> bool {
         let (Some(seq), Some(sent)) = (number_after(text, "\"s\":"), number_after(text, "\"t\":"))
         else {
             return false;
@@ -97,10 +121,17 @@ impl Recorder {
             return true;
         };
         phase.counts[offset].fetch_add(1, Ordering::Relaxed);
+        if let Some((n, sum)) = conn
+            .checked_sub(phase.first_conn)
+            .and_then(|c| phase.per_conn.get(usize::try_from(c).ok()?))
+        {
+            n.fetch_add(1, Ordering::Relaxed);
+            sum.fetch_add(offset as u64, Ordering::Relaxed);
+        }
         let lat32 = u32::try_from(latency).unwrap_or(u32::MAX);
         phase.max_latency[offset].fetch_max(lat32, Ordering::Relaxed);
         self.received.fetch_add(1, Ordering::Relaxed);
-        let _ = self.hist[shard % SHARDS]
+        let _ = self.hist[(conn % SHARDS as u64) as usize]
             .lock()
             .record(latency.clamp(1, MAX_LATENCY_US));
         true
@@ -126,6 +157,15 @@ impl Recorder {
                 (c > 0).then(|| (i as u64, c, m.load(Ordering::Relaxed)))
             })
             .collect();
+        let per_conn = phase
+            .per_conn
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (n, sum))| {
+                let n = n.load(Ordering::Relaxed);
+                (n > 0).then(|| (phase.first_conn + i as u64, n, sum.load(Ordering::Relaxed)))
+            })
+            .collect();
         let mut merged = new_hist();
         for h in &self.hist {
             let _ = merged.add(&*h.lock());
@@ -134,6 +174,7 @@ impl Recorder {
             received: self.received(),
             stray: self.stray.load(Ordering::Relaxed),
             per_seq,
+            per_conn,
             latency: hist_to_pairs(&merged),
             open,
             closed_by_code: self.closed_by_code.lock().clone(),
@@ -171,20 +212,24 @@ mod tests {
     #[test]
     fn finds_payload_in_both_targets_frames() {
         let r = Recorder::new();
+        r.set_connections(4, 2);
         r.start_phase(10, 5);
         let now = unix_us();
         let fanout = format!(
             r#"{{"type":"message","channel":"group:g0","data":{{"s":12,"t":{now},"p":""}},"id":"x","ts":1}}"#
         );
         let sio = format!(r#"42["new_msg",{{"s":12,"t":{now}}}]"#);
-        assert!(r.record_frame(&fanout, 0));
-        assert!(r.record_frame(&sio, 1));
-        assert!(!r.record_frame(r#"{"type":"welcome","ts":5}"#, 0));
-        assert!(r.record_frame(&format!(r#"{{"s":99,"t":{now}}}"#), 0));
+        assert!(r.record_frame(&fanout, 4));
+        assert!(r.record_frame(&sio, 5));
+        assert!(!r.record_frame(r#"{"type":"welcome","ts":5}"#, 4));
+        assert!(r.record_frame(&format!(r#"{{"s":99,"t":{now}}}"#), 4));
+        assert!(r.record_frame(&format!(r#"{{"s":13,"t":{now}}}"#), 5));
         let rep = r.report(0);
-        assert_eq!(rep.received, 2);
+        assert_eq!(rep.received, 3);
         assert_eq!(rep.stray, 1);
-        assert_eq!(rep.per_seq.len(), 1);
+        assert_eq!(rep.per_seq.len(), 2);
         assert_eq!((rep.per_seq[0].0, rep.per_seq[0].1), (2, 2));
+        // Connection 4 had offset 2; connection 5 offsets 2 and 3.
+        assert_eq!(rep.per_conn, [(4, 1, 2), (5, 2, 5)]);
     }
 }

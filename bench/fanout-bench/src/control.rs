@@ -99,6 +99,10 @@ pub(crate) struct PhaseReport {
     pub(crate) stray: u64,
     /// `[offset, deliveries, max latency µs]` for every offset that was delivered.
     pub(crate) per_seq: Vec<(u64, u32, u32)>,
+    /// `[connection index, deliveries, sum of their offsets]` for every
+    /// connection that received something in this phase.
+    #[serde(default)]
+    pub(crate) per_conn: Vec<(u64, u32, u64)>,
     /// Latency histogram: `[µs, count]` pairs.
     pub(crate) latency: Vec<(u64, u64)>,
     /// Connections open now.

@@ -4,17 +4,56 @@
 //! worker processes and WebSocket clients) and that every message is
 //! accounted for; they check no speed: numbers on a shared CI machine mean
 //! nothing, and the targets live in docs/benchmarks.md.
+//!
+//! The nodes are the server package's `fanout` binary. Cargo gives a test
+//! only the binaries of its own package (`CARGO_BIN_EXE_*`), and a
+//! dependency on the `fanout` package would build its library, not its
+//! binary; so the test looks for `fanout` next to `fanout-bench` in the
+//! target directory, where `cargo test --workspace` and `cargo nextest run
+//! --workspace` put it (they build the binaries of every package with
+//! integration tests, the server's included). `FANOUT_BIN` overrides the
+//! path; `cargo test -p fanout-bench` alone needs `cargo build -p fanout`
+//! first.
 
-mod support;
-
-use std::{path::Path, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use serde_json::Value;
+
+/// The server binary the suite starts its nodes from.
+fn fanout_bin() -> PathBuf {
+    let path = std::env::var_os("FANOUT_BIN").map_or_else(
+        || Path::new(env!("CARGO_BIN_EXE_fanout-bench")).with_file_name("fanout"),
+        PathBuf::from,
+    );
+    assert!(
+        path.is_file(),
+        "no fanout binary at {}: run `cargo test --workspace` (or `cargo build -p fanout` \
+         first), or set FANOUT_BIN",
+        path.display()
+    );
+    path
+}
+
+/// False (after saying why) when redis-server is missing and not required
+/// (`FANOUT_REQUIRE_REDIS=1`, as `make test` sets, makes it a failure).
+fn redis_available() -> bool {
+    let found = fanout_testkit::server_found(&fanout_testkit::server_bin());
+    if !found {
+        if std::env::var("FANOUT_REQUIRE_REDIS").is_ok_and(|v| v == "1") {
+            panic!("redis-server not found and FANOUT_REQUIRE_REDIS=1");
+        }
+        eprintln!("SKIPPED: redis-server not found (install it, or run `make test`)");
+    }
+    found
+}
 
 fn bench() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fanout-bench"));
     for (key, _) in std::env::vars() {
-        if key.starts_with("FANOUT_") && key != "FANOUT_REQUIRE_TOOLS" {
+        if key.starts_with("FANOUT_") && key != "FANOUT_REQUIRE_TOOLS" && key != "FANOUT_BIN" {
             cmd.env_remove(key);
         }
     }
@@ -25,14 +64,10 @@ fn bench() -> Command {
 fn run_quick(args: &[&str]) -> (bool, Value) {
     let out = bench()
         .args(args)
-        .args([
-            "--quick",
-            "--json",
-            "--fanout-bin",
-            env!("CARGO_BIN_EXE_fanout"),
-        ])
+        .args(["--quick", "--json", "--fanout-bin"])
+        .arg(fanout_bin())
         .arg("--redis-server-bin")
-        .arg(support::redis::server_bin())
+        .arg(fanout_testkit::server_bin())
         .output()
         .expect("fanout-bench runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -55,6 +90,8 @@ fn assert_accounted(o: &Value) {
     assert_eq!(a["missing"], 0, "{name}: {o:#}");
     assert_eq!(a["duplicated"], 0, "{name}: {o:#}");
     assert_eq!(a["publish_failed"], 0, "{name}: {o:#}");
+    // Every client got exactly the messages addressed to it.
+    assert_eq!(a["clients_mismatched"], 0, "{name}: {o:#}");
 }
 
 fn metric(o: &Value, name: &str) -> f64 {
@@ -70,7 +107,7 @@ fn metric(o: &Value, name: &str) -> f64 {
 
 #[test]
 fn the_suite_runs_every_scenario_and_accounts_for_every_message() {
-    if !support::redis::available() {
+    if !redis_available() {
         return;
     }
     // Two worker processes, so the split of connections between them is
@@ -90,6 +127,7 @@ fn the_suite_runs_every_scenario_and_accounts_for_every_message() {
             "broadcast",
             "steady",
             "storm",
+            "publish-api",
             "publish-api"
         ],
         "{json:#}"
@@ -109,15 +147,30 @@ fn the_suite_runs_every_scenario_and_accounts_for_every_message() {
     let storm = &results[5];
     assert!(metric(storm, "SUBSCRIBE commands") >= 1.0, "{storm:#}");
     assert!(metric(storm, "UNSUBSCRIBE commands") >= 1.0, "{storm:#}");
+    // Many users per request, through two nodes on Redis: each request was
+    // delivered to all 50 of its users.
+    let many = &results[7];
+    let setup = many["setup"].as_str().unwrap();
+    assert!(
+        setup.contains("each to 50 of 200") && setup.contains("2 nodes, Redis"),
+        "{many:#}"
+    );
+    let a = &many["accounting"];
+    assert_eq!(
+        a["expected"].as_u64(),
+        a["sent"].as_u64().map(|s| s * 50),
+        "{many:#}"
+    );
+    assert!(metric(many, "requests/s") > 0.0, "{many:#}");
     assert!(ok, "fanout-bench exited with an error: {json:#}");
 }
 
 #[test]
 fn the_comparison_runs_against_socketio_on_the_same_redis() {
-    if !support::redis::available() {
+    if !redis_available() {
         return;
     }
-    let peer = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/peers/socketio/node_modules");
+    let peer = Path::new(env!("CARGO_MANIFEST_DIR")).join("../peers/socketio/node_modules");
     let node = Command::new("node").arg("--version").output().is_ok();
     if !peer.is_dir() || !node {
         if std::env::var("FANOUT_REQUIRE_TOOLS").is_ok_and(|v| v == "1") {

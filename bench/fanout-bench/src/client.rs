@@ -339,7 +339,7 @@ async fn read_loop(
     shared: &Shared,
     signal: &mut watch::Receiver<Signal>,
 ) -> Ended {
-    let shard = spec.index as usize;
+    let conn = spec.index;
     // One wait for the signal for the whole loop: a new `changed()` per
     // frame would register with (and lock) the channel shared by every
     // connection of the worker on each delivery.
@@ -350,7 +350,7 @@ async fn read_loop(
             tokio::select! {
                 msg = ws.next() => match msg {
                     Some(Ok(Message::Text(t))) => {
-                        if !shared.recorder.record_frame(&t, shard)
+                        if !shared.recorder.record_frame(&t, conn)
                             && spec.target == Target::Socketio
                             && t.as_str() == "2"
                             && send(&mut ws, "3".into()).await.is_err()
