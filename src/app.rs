@@ -11,7 +11,7 @@ use crate::{
     api,
     auth::Authenticator,
     broker::{
-        AnyBroker, EVENT_CHANNEL_CAPACITY,
+        AnyBroker, EVENT_CHANNEL_CAPACITY, HistoryOptions,
         memory::MemoryBus,
         redis::{RedisBroker, RedisOptions},
     },
@@ -122,7 +122,10 @@ pub async fn spawn(settings: Settings, shutdown: Shutdown) -> anyhow::Result<App
             // An in-process broker is always connected.
             metrics::broker_connected(true);
             (
-                AnyBroker::Memory(bus.unwrap_or_default().broker(events_tx)),
+                AnyBroker::Memory(
+                    bus.unwrap_or_else(|| MemoryBus::new(HistoryOptions::from_config(&cfg)))
+                        .broker(events_tx),
+                ),
                 // Subscribing in-process costs nothing: no linger needed.
                 Duration::ZERO,
             )
@@ -141,6 +144,7 @@ pub async fn spawn(settings: Settings, shutdown: Shutdown) -> anyhow::Result<App
             max_groups: cfg.max_groups,
             unsubscribe_linger: linger,
             query_timeout: cfg.query_timeout,
+            max_recovery: cfg.max_recovery,
         },
         broker,
     );

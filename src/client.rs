@@ -12,7 +12,7 @@
 //! The error → code mapping ([`NodeError::code`], [`AuthError::code`], and
 //! [`HttpError`] from a [`NodeError`]) is written once, here.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use axum::{extract::ws::Utf8Bytes, http::StatusCode};
 use tokio::time::Instant;
@@ -21,9 +21,10 @@ use crate::{
     auth::{AuthError, Authenticator, Credentials},
     http_error::HttpError,
     ids::unix_ms,
-    node::{Node, NodeError, Targets},
+    node::{Node, NodeError, Resumed, Targets},
     protocol::{
-        self, ClientFrame, CloseReason, ErrorCode, FrameError, Welcome, parse_client_frame,
+        self, Channel, ChannelKind, ClientFrame, CloseReason, ErrorCode, FrameError, Positions,
+        Welcome, parse_client_frame,
     },
     session::Session,
 };
@@ -111,15 +112,67 @@ pub fn binary() -> FrameError {
     )
 }
 
+fn forbidden_join(id: Option<i64>, group: &str) -> FrameError {
+    FrameError::new(
+        id,
+        ErrorCode::Forbidden,
+        format!("the token does not allow joining `{group}`"),
+    )
+}
+
+/// The groups a connection's `since` names, after checking that the token
+/// may read every channel it names: its own user channel, `all`, and groups
+/// the token allows joining (at most `max_groups`). Resuming never lets a
+/// client read a channel its token does not allow.
+pub fn check_since(
+    creds: &Credentials,
+    since: &Positions,
+    max_groups: usize,
+) -> Result<Vec<String>, ConnectError> {
+    let mut groups = Vec::new();
+    for channel in since.keys() {
+        match channel.kind() {
+            ChannelKind::All => {}
+            ChannelKind::User(uid) if *uid == *creds.uid => {}
+            ChannelKind::User(_) | ChannelKind::Node(_) => {
+                return Err(ConnectError::Refused(FrameError::new(
+                    None,
+                    ErrorCode::Forbidden,
+                    format!("`since` names `{channel}`, which this token may not read"),
+                )));
+            }
+            ChannelKind::Group(group) => {
+                if !creds.groups.allows(group) {
+                    return Err(ConnectError::Refused(forbidden_join(None, group)));
+                }
+                groups.push(group.to_owned());
+            }
+        }
+    }
+    if groups.len() > max_groups {
+        return Err(ConnectError::Refused(FrameError::new(
+            None,
+            ErrorCode::TooManyGroups,
+            format!("a connection may be in at most {max_groups} groups"),
+        )));
+    }
+    Ok(groups)
+}
+
 // === authentication by first frame ===
 
 /// The first frame of a connection that came without a token: it must be
 /// `auth` with a valid token. Any refusal closes the connection with
-/// `unauthorized` after the `error` frame returned here.
-pub fn authenticate(auth: &Authenticator, text: &str) -> Result<Credentials, FrameError> {
+/// `unauthorized` after the `error` frame returned here. Returns the
+/// credentials and where the client says it was.
+pub fn authenticate(
+    auth: &Authenticator,
+    text: &str,
+) -> Result<(Credentials, Positions), FrameError> {
     match parse_client_frame(text)? {
-        ClientFrame::Auth { token } => auth
+        ClientFrame::Auth { token, since } => auth
             .verify(&token)
+            .map(|creds| (creds, since))
             .map_err(|e| FrameError::new(None, e.code(), e.to_string())),
         _ => Err(FrameError::new(
             None,
@@ -164,21 +217,121 @@ pub struct Client {
     bad_frames: u32,
 }
 
+/// Why a connection could not start.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// The client asked for something it may not have (a `since` naming a
+    /// channel its token does not allow): answered with this error frame
+    /// and close 3500.
+    Refused(FrameError),
+    /// The broker could not take the connection (close 3004).
+    Unavailable(NodeError),
+}
+
+/// A connection that started: the client, and its `welcome` frame.
+#[derive(Debug)]
+pub struct Connected {
+    pub client: Client,
+    pub welcome: String,
+}
+
 impl Client {
     /// Registers the connection with the node (subscribing its user
-    /// channel if it is the user's first here).
+    /// channel if it is the user's first here), joins the groups `since`
+    /// names, and works out where it starts on each channel: from `since`,
+    /// replaying what it missed. Replayed and held messages are queued on
+    /// the session; the transport writes `welcome` first.
     pub async fn connect(
         node: &Node,
         auth: Arc<Authenticator>,
         creds: Credentials,
-    ) -> Result<Self, NodeError> {
-        let session = node.connect(creds.uid.clone()).await?;
-        Ok(Self {
+        since: Positions,
+        heartbeat: Duration,
+    ) -> Result<Connected, ConnectError> {
+        let groups = check_since(&creds, &since, node.max_groups())?;
+        let user = Channel::user(&creds.uid);
+        let mut channels = vec![user.clone(), Channel::all()];
+        channels.extend(groups.iter().map(|g| Channel::group(g)));
+        let session = node
+            .connect(creds.uid.clone(), &channels)
+            .await
+            .map_err(ConnectError::Unavailable)?;
+        let client = Self {
             node: node.clone(),
             auth,
             creds,
             session,
             bad_frames: 0,
+        };
+        match client.start(&channels, &groups, &since).await {
+            Ok(resumed) => {
+                let welcome = client.welcome(heartbeat, &channels, &since, &resumed);
+                for (channel, r) in channels.iter().zip(resumed) {
+                    r.finish(&client.session, channel);
+                }
+                Ok(Connected { client, welcome })
+            }
+            Err(e) => {
+                client.disconnect().await;
+                Err(ConnectError::Unavailable(e))
+            }
+        }
+    }
+
+    /// Where the session starts on each of `channels` (its user channel,
+    /// `all`, then `groups`, in that order), joining the groups.
+    async fn start(
+        &self,
+        channels: &[Channel],
+        groups: &[String],
+        since: &Positions,
+    ) -> Result<Vec<Resumed>, NodeError> {
+        let node = &self.node;
+        let (user, all) = (&channels[0], &channels[1]);
+        let (user, all, groups) = tokio::join!(
+            node.resume(user, since.get(user)),
+            node.resume(all, since.get(all)),
+            futures_util::future::join_all(
+                groups
+                    .iter()
+                    .map(|g| { node.join(&self.session, g, since.get(&Channel::group(g))) })
+            ),
+        );
+        let mut resumed = vec![user?, all?];
+        for g in groups {
+            resumed.push(g?);
+        }
+        Ok(resumed)
+    }
+
+    /// The `welcome` frame: positions of every channel, and for those the
+    /// client gave a position for, whether it recovered.
+    fn welcome(
+        &self,
+        heartbeat: Duration,
+        channels: &[Channel],
+        since: &Positions,
+        resumed: &[Resumed],
+    ) -> String {
+        let positions: Positions = channels
+            .iter()
+            .zip(resumed)
+            .map(|(c, r)| (c.clone(), r.top.clone()))
+            .collect();
+        let recovered: BTreeMap<Channel, bool> = channels
+            .iter()
+            .zip(resumed)
+            .filter(|(c, _)| since.contains_key(*c))
+            .map(|(c, r)| (c.clone(), r.recovered.unwrap_or(false)))
+            .collect();
+        protocol::welcome_frame(&Welcome {
+            conn: &format!("{}-{}", self.node.id(), self.session.id()),
+            uid: &self.creds.uid,
+            node: self.node.id(),
+            exp: self.creds.exp,
+            heartbeat: heartbeat.as_secs(),
+            positions: &positions,
+            recovered: (!since.is_empty()).then_some(&recovered),
         })
     }
 
@@ -188,17 +341,6 @@ impl Client {
 
     pub fn uid(&self) -> &str {
         &self.creds.uid
-    }
-
-    /// The `welcome` frame.
-    pub fn welcome(&self, heartbeat: Duration) -> String {
-        protocol::welcome_frame(&Welcome {
-            conn: &format!("{}-{}", self.node.id(), self.session.id()),
-            uid: &self.creds.uid,
-            node: self.node.id(),
-            exp: self.creds.exp,
-            heartbeat: heartbeat.as_secs(),
-        })
     }
 
     /// When the token expires, on the runtime's clock. Checked: a token
@@ -263,19 +405,22 @@ impl Client {
                     "already authenticated; use `refresh` to extend the session",
                 ));
             }
-            ClientFrame::Join { id, group } => {
+            ClientFrame::Join { id, group, since } => {
                 if !self.creds.groups.allows(&group) {
-                    return Err(FrameError::new(
-                        id,
-                        ErrorCode::Forbidden,
-                        format!("the token does not allow joining `{group}`"),
-                    ));
+                    return Err(forbidden_join(id, &group));
                 }
-                self.node
-                    .join(&self.session, &group)
+                let resumed = self
+                    .node
+                    .join(&self.session, &group, since.as_ref())
                     .await
                     .map_err(|e| node_error(id, &e))?;
-                self.reply(protocol::joined_frame(id, &group));
+                self.reply(protocol::joined_frame(
+                    id,
+                    &group,
+                    Some(&resumed.top),
+                    resumed.recovered,
+                ));
+                resumed.finish(&self.session, &Channel::group(&group));
             }
             ClientFrame::Leave { id, group } => {
                 self.node.leave(&self.session, &group).await;
@@ -302,7 +447,7 @@ impl Client {
                     ..Targets::default()
                 };
                 self.node
-                    .publish(&targets, publication)
+                    .publish(&targets, publication, None)
                     .await
                     .map_err(|e| node_error(id, &e))?;
                 self.reply(protocol::ack_frame(id));

@@ -45,10 +45,22 @@ pub const ENV_REDIS_TIMEOUT: &str = "FANOUT_REDIS_TIMEOUT";
 pub const ENV_REDIS_PROBE_INTERVAL: &str = "FANOUT_REDIS_PROBE_INTERVAL";
 pub const ENV_UNSUBSCRIBE_LINGER: &str = "FANOUT_UNSUBSCRIBE_LINGER";
 pub const ENV_QUERY_TIMEOUT: &str = "FANOUT_QUERY_TIMEOUT";
+pub const ENV_HISTORY: &str = "FANOUT_HISTORY";
+pub const ENV_HISTORY_USER_SIZE: &str = "FANOUT_HISTORY_USER_SIZE";
+pub const ENV_HISTORY_USER_TTL: &str = "FANOUT_HISTORY_USER_TTL";
+pub const ENV_HISTORY_GROUP_SIZE: &str = "FANOUT_HISTORY_GROUP_SIZE";
+pub const ENV_HISTORY_GROUP_TTL: &str = "FANOUT_HISTORY_GROUP_TTL";
+pub const ENV_HISTORY_ALL_SIZE: &str = "FANOUT_HISTORY_ALL_SIZE";
+pub const ENV_HISTORY_ALL_TTL: &str = "FANOUT_HISTORY_ALL_TTL";
+pub const ENV_HISTORY_META_TTL: &str = "FANOUT_HISTORY_META_TTL";
+pub const ENV_IDEMPOTENCY_TTL: &str = "FANOUT_IDEMPOTENCY_TTL";
+pub const ENV_MAX_RECOVERY: &str = "FANOUT_MAX_RECOVERY";
 pub const ENV_LOG: &str = "FANOUT_LOG";
 pub const ENV_LOG_FORMAT: &str = "FANOUT_LOG_FORMAT";
 
 const KIB: u64 = 1024;
+/// Most messages a channel's history, or one resume, may hold.
+pub const MAX_HISTORY_SIZE: usize = 100_000;
 const MIB: u64 = 1024 * KIB;
 
 #[derive(Debug, Parser)]
@@ -172,6 +184,51 @@ pub struct Config {
     /// How long presence and stats queries wait for other nodes' answers.
     #[arg(long, env = ENV_QUERY_TIMEOUT, default_value = "1s", value_parser = parse_duration)]
     pub query_timeout: Duration,
+
+    /// Keep channel history so that reconnecting clients resume where they were
+    /// (`false`: none is kept; messages still carry offsets, and only a client that
+    /// missed nothing recovers).
+    #[arg(long, env = ENV_HISTORY, value_parser = BoolishValueParser::new(),
+          num_args = 0..=1, default_missing_value = "true", default_value = "true")]
+    pub history: bool,
+
+    /// Messages kept per `user:` channel (0: none).
+    #[arg(long, env = ENV_HISTORY_USER_SIZE, default_value_t = 100)]
+    pub history_user_size: usize,
+
+    /// How long a `user:` channel's messages are kept.
+    #[arg(long, env = ENV_HISTORY_USER_TTL, default_value = "5m", value_parser = parse_duration)]
+    pub history_user_ttl: Duration,
+
+    /// Messages kept per `group:` channel (0: none).
+    #[arg(long, env = ENV_HISTORY_GROUP_SIZE, default_value_t = 100)]
+    pub history_group_size: usize,
+
+    /// How long a `group:` channel's messages are kept.
+    #[arg(long, env = ENV_HISTORY_GROUP_TTL, default_value = "5m", value_parser = parse_duration)]
+    pub history_group_ttl: Duration,
+
+    /// Messages kept of `all` broadcasts (0: none).
+    #[arg(long, env = ENV_HISTORY_ALL_SIZE, default_value_t = 100)]
+    pub history_all_size: usize,
+
+    /// How long `all` broadcasts are kept.
+    #[arg(long, env = ENV_HISTORY_ALL_TTL, default_value = "5m", value_parser = parse_duration)]
+    pub history_all_ttl: Duration,
+
+    /// How long a channel's epoch and offset outlive its last message (at least the
+    /// longest history TTL): a client away for longer resumes with `recovered: false`.
+    #[arg(long, env = ENV_HISTORY_META_TTL, default_value = "1h", value_parser = parse_duration)]
+    pub history_meta_ttl: Duration,
+
+    /// How long a publish's `idempotency_key` is remembered (per channel).
+    #[arg(long, env = ENV_IDEMPOTENCY_TTL, default_value = "5m", value_parser = parse_duration)]
+    pub idempotency_ttl: Duration,
+
+    /// Most messages one resume replays on one channel; a client that missed more gets
+    /// `recovered: false` and must reload.
+    #[arg(long, env = ENV_MAX_RECOVERY, default_value_t = 1000)]
+    pub max_recovery: usize,
 
     /// This node's id, shown to clients in `welcome.node` and in logs. Default: random.
     #[arg(long, env = ENV_NODE_ID)]
@@ -377,6 +434,10 @@ impl Config {
             (ENV_REDIS_TIMEOUT, self.redis_timeout),
             (ENV_REDIS_PROBE_INTERVAL, self.redis_probe_interval),
             (ENV_QUERY_TIMEOUT, self.query_timeout),
+            (ENV_HISTORY_USER_TTL, self.history_user_ttl),
+            (ENV_HISTORY_GROUP_TTL, self.history_group_ttl),
+            (ENV_HISTORY_ALL_TTL, self.history_all_ttl),
+            (ENV_IDEMPOTENCY_TTL, self.idempotency_ttl),
         ] {
             need(!d.is_zero(), format!("{name} must be longer than 0s"));
         }
@@ -409,6 +470,31 @@ impl Config {
         need(
             self.max_groups > 0,
             format!("{ENV_MAX_GROUPS} must be at least 1"),
+        );
+        for (name, size) in [
+            (ENV_HISTORY_USER_SIZE, self.history_user_size),
+            (ENV_HISTORY_GROUP_SIZE, self.history_group_size),
+            (ENV_HISTORY_ALL_SIZE, self.history_all_size),
+        ] {
+            need(
+                size <= MAX_HISTORY_SIZE,
+                format!("{name} must be at most {MAX_HISTORY_SIZE}"),
+            );
+        }
+        let longest = self
+            .history_user_ttl
+            .max(self.history_group_ttl)
+            .max(self.history_all_ttl);
+        need(
+            self.history_meta_ttl >= longest,
+            format!(
+                "{ENV_HISTORY_META_TTL} must be at least the longest history TTL ({})",
+                humantime::format_duration(longest)
+            ),
+        );
+        need(
+            (1..=MAX_HISTORY_SIZE).contains(&self.max_recovery),
+            format!("{ENV_MAX_RECOVERY} must be between 1 and {MAX_HISTORY_SIZE}"),
         );
         need(
             (1..=64).contains(&self.redis_pubsub_connections),

@@ -20,7 +20,10 @@ use axum::extract::ws::Utf8Bytes;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
-use crate::session::{ConnId, PushError, Session};
+use crate::{
+    protocol::ChannelPosition,
+    session::{ConnId, PushError, Session},
+};
 
 /// Shards per index; a power of two well above the core count.
 pub const SHARDS: usize = 64;
@@ -199,24 +202,37 @@ impl Hub {
         self.groups[self.shard(group)].read().contains_key(group)
     }
 
-    /// Queues `frame` (published at `ts_ms`) for every local session of `uid`.
-    pub fn broadcast_user(&self, uid: &str, frame: &Utf8Bytes, ts_ms: u64) -> Delivery {
+    /// Queues `frame` (a message published at `ts_ms`, at `position` in
+    /// its channel if it has one) for every local session of `uid`.
+    pub fn broadcast_user(
+        &self,
+        uid: &str,
+        frame: &Utf8Bytes,
+        ts_ms: u64,
+        position: Place<'_>,
+    ) -> Delivery {
         let users = self.users[self.shard(uid)].read();
-        push_all(users.get(uid).into_iter().flatten(), frame, ts_ms)
+        push_all(users.get(uid).into_iter().flatten(), frame, ts_ms, position)
     }
 
     /// Queues `frame` for every local member of `group`.
-    pub fn broadcast_group(&self, group: &str, frame: &Utf8Bytes, ts_ms: u64) -> Delivery {
+    pub fn broadcast_group(
+        &self,
+        group: &str,
+        frame: &Utf8Bytes,
+        ts_ms: u64,
+        position: Place<'_>,
+    ) -> Delivery {
         let groups = self.groups[self.shard(group)].read();
         let members = groups.get(group).into_iter().flat_map(HashMap::values);
-        push_all(members, frame, ts_ms)
+        push_all(members, frame, ts_ms, position)
     }
 
     /// Queues `frame` for every local session, one shard at a time.
-    pub fn broadcast_all(&self, frame: &Utf8Bytes, ts_ms: u64) -> Delivery {
+    pub fn broadcast_all(&self, frame: &Utf8Bytes, ts_ms: u64, position: Place<'_>) -> Delivery {
         let mut total = Delivery::default();
         for shard in &*self.conns {
-            let d = push_all(shard.read().values(), frame, ts_ms);
+            let d = push_all(shard.read().values(), frame, ts_ms, position);
             total.queued += d.queued;
             total.slow += d.slow;
         }
@@ -242,14 +258,23 @@ impl Hub {
     }
 }
 
+/// Where a broadcast message sits in its channel, if it went through
+/// history (a live-only message has no place).
+pub type Place<'a> = Option<&'a Arc<ChannelPosition>>;
+
 fn push_all<'a>(
     sessions: impl Iterator<Item = &'a Session>,
     frame: &Utf8Bytes,
     ts_ms: u64,
+    position: Place<'_>,
 ) -> Delivery {
     let mut d = Delivery::default();
     for s in sessions {
-        match s.push(frame, ts_ms) {
+        let pushed = match position {
+            Some(p) => s.push_message(frame, ts_ms, p),
+            None => s.push(frame, ts_ms),
+        };
+        match pushed {
             Ok(()) => d.queued += 1,
             Err(PushError::Full) => d.slow += 1,
             Err(PushError::Closed) => {}
@@ -293,10 +318,13 @@ mod tests {
         }
         hub.add_sub(&"g".into(), &c);
         let f: Utf8Bytes = "m".into();
-        assert_eq!(hub.broadcast_user("u1", &f, 0).queued, 2);
-        assert_eq!(hub.broadcast_group("g", &f, 0).queued, 1);
-        assert_eq!(hub.broadcast_all(&f, 0).queued, 3);
-        assert_eq!(hub.broadcast_user("nobody", &f, 0), Delivery::default());
+        assert_eq!(hub.broadcast_user("u1", &f, 0, None).queued, 2);
+        assert_eq!(hub.broadcast_group("g", &f, 0, None).queued, 1);
+        assert_eq!(hub.broadcast_all(&f, 0, None).queued, 3);
+        assert_eq!(
+            hub.broadcast_user("nobody", &f, 0, None),
+            Delivery::default()
+        );
         assert_eq!(a.take().frames.len(), 2);
         assert_eq!(c.take().frames.len(), 2);
     }
@@ -307,8 +335,8 @@ mod tests {
         let s = Session::new(1, "u".into(), 4);
         hub.add_session(&s);
         let f: Utf8Bytes = "abc".into();
-        assert_eq!(hub.broadcast_user("u", &f, 0).queued, 1);
-        assert_eq!(hub.broadcast_user("u", &f, 0).slow, 1);
+        assert_eq!(hub.broadcast_user("u", &f, 0, None).queued, 1);
+        assert_eq!(hub.broadcast_user("u", &f, 0, None).slow, 1);
         assert!(s.is_closing());
     }
 }

@@ -45,6 +45,11 @@ pub const BROKER_ERRORS: &str = "fanout_broker_errors_total";
 pub const BROKER_RECONNECTS: &str = "fanout_broker_reconnects_total";
 pub const BROKER_RESUBSCRIBE_DURATION: &str = "fanout_broker_resubscribe_duration_seconds";
 pub const BROKER_PROBE_FAILURES: &str = "fanout_broker_probe_failures_total";
+pub const RECOVERIES: &str = "fanout_recoveries_total";
+pub const RECOVERED_MESSAGES: &str = "fanout_recovered_messages_total";
+pub const HISTORY_GAP_MESSAGES: &str = "fanout_history_gap_messages_total";
+pub const HISTORY_DUPLICATES: &str = "fanout_history_duplicates_total";
+pub const HISTORY_EPOCH_RESETS: &str = "fanout_history_epoch_resets_total";
 pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
 pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
 pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
@@ -170,6 +175,28 @@ impl BrokerOp {
     }
 }
 
+/// What became of messages a node found missing from a channel
+/// (`fanout_history_gap_messages_total{result}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GapResult {
+    /// Read from history and delivered in order.
+    Healed,
+    /// Not in history any more (or history could not be read): a gap
+    /// the node could not fill (counted once per gap).
+    Lost,
+}
+
+impl GapResult {
+    pub const ALL: [Self; 2] = [Self::Healed, Self::Lost];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Healed => "healed",
+            Self::Lost => "lost",
+        }
+    }
+}
+
 /// A client transport (`transport` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -291,6 +318,26 @@ fn describe_all() {
         BROKER_PROBE_FAILURES,
         "Pub/sub probes that did not come back through their connection in time."
     );
+    describe_counter!(
+        RECOVERIES,
+        "Channels resumed from a client's position, by result (recovered: every missed message replayed; not_recovered: the client must reload)."
+    );
+    describe_counter!(
+        RECOVERED_MESSAGES,
+        "Messages replayed from history to resuming clients."
+    );
+    describe_counter!(
+        HISTORY_GAP_MESSAGES,
+        "Messages a node found missing from a channel's offsets (a pub/sub message lost, or published while resubscribing): healed from history, or lost (counted once per gap)."
+    );
+    describe_counter!(
+        HISTORY_DUPLICATES,
+        "Messages a node received again at an offset it had already delivered, and dropped."
+    );
+    describe_counter!(
+        HISTORY_EPOCH_RESETS,
+        "Channels given a new epoch because their history went back (writes lost in a failover)."
+    );
 }
 
 /// Installs the Prometheus recorder once per process and returns its
@@ -368,6 +415,15 @@ fn register_zeroes() {
     }
     counter!(BROKER_RECONNECTS).absolute(0);
     counter!(BROKER_PROBE_FAILURES).absolute(0);
+    for result in ["recovered", "not_recovered"] {
+        counter!(RECOVERIES, "result" => result).absolute(0);
+    }
+    counter!(RECOVERED_MESSAGES).absolute(0);
+    for result in GapResult::ALL {
+        counter!(HISTORY_GAP_MESSAGES, "result" => result.as_str()).absolute(0);
+    }
+    counter!(HISTORY_DUPLICATES).absolute(0);
+    counter!(HISTORY_EPOCH_RESETS).absolute(0);
 }
 
 // === connections ===
@@ -486,6 +542,31 @@ pub fn broker_resubscribed(took: Duration) {
 
 pub fn broker_probe_failed() {
     counter!(BROKER_PROBE_FAILURES).increment(1);
+}
+
+// === history ===
+
+/// A channel resumed from a client's position; `replayed` messages sent.
+pub fn recovery(recovered: bool, replayed: usize) {
+    let result = if recovered {
+        "recovered"
+    } else {
+        "not_recovered"
+    };
+    counter!(RECOVERIES, "result" => result).increment(1);
+    counter!(RECOVERED_MESSAGES).increment(replayed as u64);
+}
+
+pub fn gap_messages(result: GapResult, n: u64) {
+    counter!(HISTORY_GAP_MESSAGES, "result" => result.as_str()).increment(n);
+}
+
+pub fn history_duplicate() {
+    counter!(HISTORY_DUPLICATES).increment(1);
+}
+
+pub fn epoch_reset() {
+    counter!(HISTORY_EPOCH_RESETS).increment(1);
 }
 
 // === process ===

@@ -2,11 +2,18 @@
 //! bounded outbound queue, its group memberships, and a close request.
 //!
 //! A [`Session`] is a cheap `Arc` handle. Producers (the hub's broadcast, the
-//! connection's own replies) call [`Session::push`]; the connection's single
-//! task is the only consumer and takes everything queued at once with
-//! [`Session::take`], writes it, and flushes once. The queue is bounded in
-//! bytes: a push that would exceed the bound closes the session as a slow
-//! consumer instead of waiting, so fan-out never blocks on one client.
+//! connection's own replies) call [`Session::push`] and
+//! [`Session::push_message`]; the connection's single task is the only
+//! consumer and takes everything queued at once with [`Session::take`],
+//! writes it, and flushes once. The queue is bounded in bytes: a push that
+//! would exceed the bound closes the session as a slow consumer instead of
+//! waiting, so fan-out never blocks on one client.
+//!
+//! While a channel's history is being read for the session (a resume, or
+//! the start position of a new subscription), its live messages are held
+//! back ([`Session::begin_recovery`]) and queued after the replay
+//! ([`Session::finish_recovery`]), those already replayed or older than the
+//! start dropped: no gap and no duplicate across the seam.
 
 use std::{collections::VecDeque, fmt, sync::Arc};
 
@@ -14,7 +21,7 @@ use axum::extract::ws::Utf8Bytes;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use crate::protocol::CloseReason;
+use crate::protocol::{Channel, ChannelPosition, CloseReason, Position};
 
 /// Node-local connection id.
 pub type ConnId = u64;
@@ -28,12 +35,24 @@ pub enum PushError {
     Closed,
 }
 
-/// One queued frame: the shared encoded text, and the publish time of the
-/// message it carries (0 for replies), for the latency metric.
+/// One queued frame: the shared encoded text, the publish time of the
+/// message it carries (0 for replies), for the latency metric, and the
+/// message's channel position (none for replies and live-only messages).
 #[derive(Debug, Clone)]
 pub struct Outbound {
     pub text: Utf8Bytes,
     pub ts_ms: u64,
+    pub position: Option<Arc<ChannelPosition>>,
+}
+
+impl Outbound {
+    pub fn reply(text: Utf8Bytes) -> Self {
+        Self {
+            text,
+            ts_ms: 0,
+            position: None,
+        }
+    }
 }
 
 /// What the connection task takes from the queue in one go.
@@ -81,8 +100,18 @@ struct Groups {
 #[derive(Default)]
 struct Queue {
     frames: VecDeque<Outbound>,
+    /// Bytes of `frames`.
     bytes: usize,
+    /// Bytes of the frames held in `recovering` (the bound counts both).
+    held_bytes: usize,
     close: Option<CloseReason>,
+    /// Channels being recovered, with their live frames held back.
+    recovering: Vec<Held>,
+}
+
+struct Held {
+    channel: Channel,
+    frames: Vec<Outbound>,
 }
 
 impl Session {
@@ -108,36 +137,138 @@ impl Session {
         &self.inner.uid
     }
 
-    /// Queues a frame for this client without waiting. An empty queue always
-    /// takes one frame, so a message bigger than the bound still goes out.
+    /// Queues a reply for this client without waiting. An empty queue
+    /// always takes one frame, so a message bigger than the bound still goes
+    /// out.
     pub fn push(&self, frame: &Utf8Bytes, ts_ms: u64) -> Result<(), PushError> {
-        {
-            let mut q = self.inner.queue.lock();
-            if q.close.is_some() {
-                return Err(PushError::Closed);
-            }
-            if q.bytes > 0 && q.bytes + frame.len() > self.inner.max_queue_bytes {
-                q.close = Some(CloseReason::slow_consumer());
-                // The slow client will not read what is queued in time; drop
-                // it so its memory is released now.
-                let dropped = q.frames.len() + 1;
-                q.frames = VecDeque::new();
-                q.bytes = 0;
-                drop(q);
-                crate::metrics::slow_consumer();
-                crate::metrics::slow_consumer_dropped(dropped);
-                self.inner.wake.notify_one();
-                self.inner.closing.notify_one();
-                return Err(PushError::Full);
-            }
-            q.bytes += frame.len();
-            q.frames.push_back(Outbound {
-                text: frame.clone(),
-                ts_ms,
-            });
-        }
+        let out = Outbound {
+            text: frame.clone(),
+            ts_ms,
+            position: None,
+        };
+        let mut q = self.inner.queue.lock();
+        self.enqueue(&mut q, out)?;
+        drop(q);
         self.inner.wake.notify_one();
         Ok(())
+    }
+
+    /// Queues a message delivered through `position.channel`, or holds it
+    /// back while that channel is being recovered.
+    pub fn push_message(
+        &self,
+        frame: &Utf8Bytes,
+        ts_ms: u64,
+        position: &Arc<ChannelPosition>,
+    ) -> Result<(), PushError> {
+        let out = Outbound {
+            text: frame.clone(),
+            ts_ms,
+            position: Some(position.clone()),
+        };
+        let mut q = self.inner.queue.lock();
+        let held = q
+            .recovering
+            .iter()
+            .position(|h| h.channel == position.channel);
+        match held {
+            None => self.enqueue(&mut q, out)?,
+            Some(i) => {
+                self.admit(&mut q, out.text.len())?;
+                q.held_bytes += out.text.len();
+                q.recovering[i].frames.push(out);
+                return Ok(());
+            }
+        }
+        drop(q);
+        self.inner.wake.notify_one();
+        Ok(())
+    }
+
+    /// Checks that `len` more bytes fit the bound, or cuts the session off
+    /// as a slow consumer.
+    fn admit(&self, q: &mut Queue, len: usize) -> Result<(), PushError> {
+        if q.close.is_some() {
+            return Err(PushError::Closed);
+        }
+        let used = q.bytes + q.held_bytes;
+        if used > 0 && used.saturating_add(len) > self.inner.max_queue_bytes {
+            q.close = Some(CloseReason::slow_consumer());
+            // The slow client will not read what is queued in time; drop
+            // it so its memory is released now.
+            let held: usize = q.recovering.iter().map(|h| h.frames.len()).sum();
+            let dropped = q.frames.len() + held + 1;
+            q.frames = VecDeque::new();
+            q.recovering = Vec::new();
+            q.bytes = 0;
+            q.held_bytes = 0;
+            crate::metrics::slow_consumer();
+            crate::metrics::slow_consumer_dropped(dropped);
+            self.inner.wake.notify_one();
+            self.inner.closing.notify_one();
+            return Err(PushError::Full);
+        }
+        Ok(())
+    }
+
+    fn enqueue(&self, q: &mut Queue, out: Outbound) -> Result<(), PushError> {
+        self.admit(q, out.text.len())?;
+        q.bytes += out.text.len();
+        q.frames.push_back(out);
+        Ok(())
+    }
+
+    /// Holds back live messages of `channel` until [`Session::finish_recovery`]
+    /// (or [`Session::abandon_recovery`]). Call before the session can
+    /// receive on the channel (before it joins the hub's index for it).
+    pub fn begin_recovery(&self, channel: &Channel) {
+        let mut q = self.inner.queue.lock();
+        if !q.recovering.iter().any(|h| h.channel == *channel) {
+            q.recovering.push(Held {
+                channel: channel.clone(),
+                frames: Vec::new(),
+            });
+        }
+    }
+
+    /// Ends the recovery of `channel`: queues `replay` (the messages after
+    /// the client's position, up to `top`), then the live messages held
+    /// meanwhile that come after `top` (or belong to a newer epoch).
+    pub fn finish_recovery(
+        &self,
+        channel: &Channel,
+        top: &Position,
+        replay: Vec<Outbound>,
+    ) -> Result<(), PushError> {
+        let mut q = self.inner.queue.lock();
+        let held = match q.recovering.iter().position(|h| h.channel == *channel) {
+            Some(i) => q.recovering.swap_remove(i).frames,
+            None => Vec::new(),
+        };
+        // Counted again as they are queued, with the replay.
+        let held_bytes: usize = held.iter().map(|f| f.text.len()).sum();
+        q.held_bytes = q.held_bytes.saturating_sub(held_bytes);
+        let after_top = held.into_iter().filter(|f| {
+            f.position
+                .as_ref()
+                .is_none_or(|p| p.position.epoch != top.epoch || p.position.offset > top.offset)
+        });
+        for out in replay.into_iter().chain(after_top) {
+            self.enqueue(&mut q, out)?;
+        }
+        drop(q);
+        self.inner.wake.notify_one();
+        Ok(())
+    }
+
+    /// Ends the recovery of `channel` with nothing delivered (it failed).
+    pub fn abandon_recovery(&self, channel: &Channel) {
+        let mut q = self.inner.queue.lock();
+        if let Some(i) = q.recovering.iter().position(|h| h.channel == *channel) {
+            let held = q.recovering.swap_remove(i).frames;
+            let bytes: usize = held.iter().map(|f| f.text.len()).sum();
+            q.held_bytes = q.held_bytes.saturating_sub(bytes);
+        }
     }
 
     /// Asks the connection to end with `reason`. The first reason wins;
@@ -158,7 +289,8 @@ impl Session {
         self.inner.queue.lock().close.is_some()
     }
 
-    /// Takes every queued frame (and the close request, if any).
+    /// Takes every queued frame (and the close request, if any). Held
+    /// frames stay held.
     pub fn take(&self) -> Batch {
         let mut q = self.inner.queue.lock();
         q.bytes = 0;
@@ -283,5 +415,62 @@ mod tests {
         assert!(s.close(CloseReason::Kicked));
         assert!(!s.close(CloseReason::IdleTimeout));
         assert_eq!(s.take().close, Some(CloseReason::Kicked));
+    }
+
+    fn placed(channel: &Channel, offset: u64, epoch: &str) -> Arc<ChannelPosition> {
+        Arc::new(ChannelPosition {
+            channel: channel.clone(),
+            position: Position::new(offset, crate::protocol::Epoch::parse(epoch).unwrap()),
+        })
+    }
+
+    fn offsets(b: &Batch) -> Vec<u64> {
+        b.frames
+            .iter()
+            .map(|f| f.position.as_ref().map_or(0, |p| p.position.offset))
+            .collect()
+    }
+
+    /// Live messages of a channel being recovered wait for the replay and
+    /// come after it, without the ones the replay (or the start) covers;
+    /// other channels flow meanwhile.
+    #[test]
+    fn recovery_holds_live_messages_until_the_replay_is_queued() {
+        let s = Session::new(1, "u".into(), 1 << 20);
+        let (g, u) = (Channel::group("g"), Channel::user("u"));
+        s.begin_recovery(&g);
+        for off in [3, 4, 5] {
+            s.push_message(&frame(1), 0, &placed(&g, off, "e")).unwrap();
+        }
+        s.push_message(&frame(1), 0, &placed(&u, 9, "e")).unwrap();
+        assert_eq!(offsets(&s.take()), [9], "only the other channel flowed");
+        let replay = [2, 3, 4]
+            .into_iter()
+            .map(|off| Outbound {
+                text: frame(1),
+                ts_ms: 0,
+                position: Some(placed(&g, off, "e")),
+            })
+            .collect();
+        let top = Position::new(4, crate::protocol::Epoch::parse("e").unwrap());
+        s.finish_recovery(&g, &top, replay).unwrap();
+        assert_eq!(offsets(&s.take()), [2, 3, 4, 5]);
+        s.push_message(&frame(1), 0, &placed(&g, 6, "e")).unwrap();
+        assert_eq!(offsets(&s.take()), [6], "recovery over: live again");
+    }
+
+    /// Held frames count against the byte bound: a session that falls too
+    /// far behind while recovering is cut off like any slow consumer.
+    #[test]
+    fn held_frames_count_against_the_bound() {
+        let s = Session::new(1, "u".into(), 10);
+        let g = Channel::group("g");
+        s.begin_recovery(&g);
+        s.push_message(&frame(6), 0, &placed(&g, 1, "e")).unwrap();
+        assert_eq!(
+            s.push_message(&frame(6), 0, &placed(&g, 2, "e")),
+            Err(PushError::Full)
+        );
+        assert!(s.is_closing());
     }
 }

@@ -8,8 +8,9 @@ use serde_json::value::RawValue;
 
 use crate::http_error::HttpError;
 use crate::{
+    broker::IdempotencyKey,
     node::Targets,
-    protocol::{self, NAME_RULE, is_valid_event, is_valid_name},
+    protocol::{self, NAME_RULE, Positions, is_valid_event, is_valid_name},
     state::AppState,
 };
 
@@ -24,6 +25,10 @@ pub(super) struct PublishRequest {
     event: Option<String>,
     #[serde(default)]
     data: Option<Box<RawValue>>,
+    /// Makes a retry safe: a channel that already took a publish with this
+    /// key (within `--idempotency-ttl`) takes nothing and answers again.
+    #[serde(default)]
+    idempotency_key: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -41,6 +46,8 @@ struct To {
 pub(super) struct PublishResponse {
     id: String,
     offline_users: Vec<String>,
+    /// Where the message went in each target channel's history.
+    positions: Positions,
 }
 
 pub(super) async fn publish(
@@ -57,12 +64,29 @@ pub(super) async fn publish(
             ));
         }
     }
+    let key = match req.idempotency_key.as_deref() {
+        None => None,
+        Some(k) => Some(IdempotencyKey::parse(k).ok_or_else(|| {
+            HttpError::bad_request(
+                "invalid_idempotency_key",
+                format!("`idempotency_key` must be {NAME_RULE}"),
+            )
+        })?),
+    };
     let data = req.data.unwrap_or_else(protocol::null_value);
-    let publication = state.node.publication(req.event, data, None);
-    let published = state.node.publish(&targets, publication).await?;
+    let mut publication = state.node.publication(req.event, data, None);
+    if let Some(key) = &key {
+        // A retry must carry the same id, whichever channels it reaches.
+        publication.id = key.message_id();
+    }
+    let published = state
+        .node
+        .publish(&targets, publication, key.as_ref())
+        .await?;
     Ok(Json(PublishResponse {
         id: published.id,
         offline_users: published.offline_users,
+        positions: published.positions.into_iter().collect(),
     }))
 }
 

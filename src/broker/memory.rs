@@ -2,9 +2,13 @@
 //!
 //! A [`MemoryBus`] is the shared "server"; each node gets its own
 //! [`MemoryBroker`] on it, so tests can run several nodes in one process
-//! over one bus exactly as they would over Redis. Publishing waits for room
-//! in each subscribed node's bounded event channel (back-pressure on the
-//! publisher, never an unbounded queue).
+//! over one bus exactly as they would over Redis. The bus keeps every
+//! channel's history ([`Logs`]) with the same semantics as Redis.
+//!
+//! Publishing holds the bus's publish lock from the append to the last
+//! delivery, so every node receives a channel's messages in offset order,
+//! and waits for room in each subscribed node's bounded event channel
+//! (back-pressure on the publisher, never an unbounded queue).
 
 use std::{
     collections::HashMap,
@@ -15,29 +19,47 @@ use std::{
 };
 
 use parking_lot::RwLock;
-use tokio::sync::mpsc;
+use tokio::sync::{Mutex, mpsc};
 
-use super::{Broker, BrokerError, BrokerEvent, Envelope};
-use crate::protocol::Channel;
+use super::{
+    Broker, BrokerError, BrokerEvent, Envelope, History, HistoryOptions, IdempotencyKey, Inbound,
+    Published,
+    history::{Appended, Logs},
+};
+use crate::protocol::{Channel, Epoch, Position};
 
-type Subscribers = Vec<(u64, mpsc::Sender<BrokerEvent>)>;
+type Subscribers = Vec<(u64, mpsc::Sender<Inbound>)>;
 
 /// The shared bus several [`MemoryBroker`]s publish and subscribe on.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct MemoryBus {
     /// channel → subscribed brokers. Written on (un)subscribe, read on
     /// publish; the lock is released before any send.
     subs: Arc<RwLock<HashMap<Channel, Subscribers>>>,
+    /// Every channel's history. An async mutex: a publish holds it across
+    /// its deliveries (which may wait for room), so that deliveries follow
+    /// offset order.
+    logs: Arc<Mutex<Logs>>,
     next_id: Arc<AtomicU64>,
 }
 
+impl Default for MemoryBus {
+    fn default() -> Self {
+        Self::new(HistoryOptions::default())
+    }
+}
+
 impl MemoryBus {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(history: HistoryOptions) -> Self {
+        Self {
+            subs: Arc::default(),
+            logs: Arc::new(Mutex::new(Logs::new(history))),
+            next_id: Arc::default(),
+        }
     }
 
     /// A broker for one node that delivers into `events`.
-    pub fn broker(&self, events: mpsc::Sender<BrokerEvent>) -> MemoryBroker {
+    pub fn broker(&self, events: mpsc::Sender<Inbound>) -> MemoryBroker {
         MemoryBroker {
             bus: self.clone(),
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -56,13 +78,18 @@ pub struct MemoryBroker {
     bus: MemoryBus,
     id: u64,
     /// This node's inbound event channel; the node's dispatcher receives.
-    events: mpsc::Sender<BrokerEvent>,
+    events: mpsc::Sender<Inbound>,
 }
 
 impl MemoryBroker {
     /// Delivers to every node subscribed to `channel`; returns how many.
-    async fn publish_one(&self, channel: &Channel, envelope: &Envelope) -> usize {
-        let targets: Vec<mpsc::Sender<BrokerEvent>> = self
+    async fn deliver(
+        &self,
+        channel: &Channel,
+        envelope: &Envelope,
+        position: Option<&Position>,
+    ) -> usize {
+        let targets: Vec<mpsc::Sender<Inbound>> = self
             .bus
             .subs
             .read()
@@ -71,10 +98,11 @@ impl MemoryBroker {
             .unwrap_or_default();
         let mut delivered = 0;
         for tx in targets {
-            let event = BrokerEvent {
+            let event = Inbound::Event(BrokerEvent {
                 channel: channel.clone(),
                 envelope: envelope.clone(),
-            };
+                position: position.cloned(),
+            });
             // A closed receiver is a node that has shut down: not a receiver.
             if tx.send(event).await.is_ok() {
                 delivered += 1;
@@ -89,14 +117,62 @@ impl Broker for MemoryBroker {
         &self,
         channels: &[Channel],
         envelope: &Envelope,
-    ) -> Result<Vec<usize>, BrokerError> {
-        // Nothing to encode or wait for on the wire: the envelope (an
-        // `Arc`) is handed to each subscribed node in turn.
-        let mut counts = Vec::with_capacity(channels.len());
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Vec<Published>, BrokerError> {
+        let mut logs = self.bus.logs.lock().await;
+        let mut outcomes = Vec::with_capacity(channels.len());
         for channel in channels {
-            counts.push(self.publish_one(channel, envelope).await);
+            let appended = match envelope {
+                Envelope::Publication(p) => logs.append(channel, p, key),
+                Envelope::Command(_) => Appended::Live,
+            };
+            let outcome = match appended {
+                Appended::Repeat {
+                    position,
+                    receivers,
+                } => Published {
+                    receivers,
+                    position: Some(position),
+                },
+                Appended::New(position) => {
+                    let receivers = self.deliver(channel, envelope, Some(&position)).await;
+                    if let Some(key) = key {
+                        logs.record_receivers(channel, key, receivers);
+                    }
+                    Published {
+                        receivers,
+                        position: Some(position),
+                    }
+                }
+                Appended::Live => Published {
+                    receivers: self.deliver(channel, envelope, None).await,
+                    position: None,
+                },
+            };
+            outcomes.push(outcome);
         }
-        Ok(counts)
+        Ok(outcomes)
+    }
+
+    async fn position(&self, channel: &Channel) -> Result<Position, BrokerError> {
+        Ok(self.bus.logs.lock().await.position(channel))
+    }
+
+    async fn history(
+        &self,
+        channel: &Channel,
+        since: &Position,
+        limit: usize,
+    ) -> Result<History, BrokerError> {
+        Ok(self.bus.logs.lock().await.read(channel, since, limit))
+    }
+
+    async fn reset_epoch(
+        &self,
+        channel: &Channel,
+        expected: &Epoch,
+    ) -> Result<Position, BrokerError> {
+        Ok(self.bus.logs.lock().await.reset(channel, expected))
     }
 
     async fn subscribe(&self, channels: &[Channel]) -> Result<(), BrokerError> {
@@ -140,9 +216,16 @@ mod tests {
     use super::*;
     use crate::broker::Command;
 
+    fn event(inbound: Inbound) -> BrokerEvent {
+        match inbound {
+            Inbound::Event(e) => e,
+            other @ Inbound::Resubscribed(_) => panic!("{other:?}"),
+        }
+    }
+
     #[tokio::test]
     async fn publishes_reach_subscribed_brokers_only() {
-        let bus = MemoryBus::new();
+        let bus = MemoryBus::default();
         let (tx1, mut rx1) = mpsc::channel(8);
         let (tx2, mut rx2) = mpsc::channel(8);
         let (b1, b2) = (bus.broker(tx1), bus.broker(tx2));
@@ -150,17 +233,51 @@ mod tests {
         b1.subscribe(std::slice::from_ref(&ch)).await.unwrap();
         let env = Envelope::Command(Command::Disconnect);
         let other = Channel::user("2");
-        assert_eq!(
-            b2.publish(&[ch.clone(), other], &env).await.unwrap(),
-            vec![1, 0]
-        );
-        assert_eq!(rx1.recv().await.unwrap().channel, ch);
+        let receivers: Vec<usize> = b2
+            .publish(&[ch.clone(), other], &env, None)
+            .await
+            .unwrap()
+            .iter()
+            .map(|p| p.receivers)
+            .collect();
+        assert_eq!(receivers, vec![1, 0]);
+        let got = event(rx1.recv().await.unwrap());
+        assert_eq!((got.channel, got.position), (ch.clone(), None));
         assert!(rx2.try_recv().is_err());
         b1.unsubscribe(std::slice::from_ref(&ch)).await.unwrap();
-        assert_eq!(
-            b2.publish(std::slice::from_ref(&ch), &env).await.unwrap(),
-            vec![0]
-        );
+        let again = b2
+            .publish(std::slice::from_ref(&ch), &env, None)
+            .await
+            .unwrap();
+        assert_eq!(again[0].receivers, 0);
         assert_eq!(bus.channel_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn publications_carry_their_history_position() {
+        let bus = MemoryBus::default();
+        let (tx, mut rx) = mpsc::channel(8);
+        let b = bus.broker(tx);
+        let ch = Channel::group("g");
+        b.subscribe(std::slice::from_ref(&ch)).await.unwrap();
+        let start = b.position(&ch).await.unwrap();
+        let p = Arc::new(crate::protocol::Publication {
+            id: "m".into(),
+            ts: 1,
+            event: None,
+            data: crate::protocol::null_value(),
+            from: None,
+        });
+        let out = b
+            .publish(std::slice::from_ref(&ch), &Envelope::Publication(p), None)
+            .await
+            .unwrap();
+        let pos = out[0].position.clone().unwrap();
+        assert_eq!((pos.offset, &pos.epoch), (1, &start.epoch));
+        assert_eq!(event(rx.recv().await.unwrap()).position, Some(pos));
+        let History::Complete { messages, .. } = b.history(&ch, &start, 10).await.unwrap() else {
+            panic!("complete")
+        };
+        assert_eq!(messages.len(), 1);
     }
 }

@@ -5,9 +5,16 @@
 //! Sentinel).
 //!
 //! A broker never touches sessions: it pushes what it receives into the
-//! node through one bounded channel of [`BrokerEvent`]s, and the node fans
+//! node through one bounded channel of [`Inbound`] events, and the node fans
 //! out from there (Centrifugo's `BrokerEventHandler`).
+//!
+//! Every `user:`, `group:` and `all` channel keeps a history of its recent
+//! messages ([`history`]): a publication is appended and published in one
+//! step, so anything delivered live can also be found by a client that
+//! resumes, and its [`Position`] (offset and epoch) comes from the history,
+//! not from a node.
 
+pub mod history;
 pub mod memory;
 pub mod redis;
 pub mod wire;
@@ -16,8 +23,9 @@ use std::{future::Future, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
+pub use self::history::{History, HistoryLimits, HistoryOptions, IdempotencyKey};
 use crate::hub::Counts;
-use crate::protocol::{Channel, Publication};
+use crate::protocol::{Channel, Position, Publication};
 
 /// Capacity of the broker → node event channel.
 pub const EVENT_CHANNEL_CAPACITY: usize = 4096;
@@ -63,6 +71,30 @@ pub enum Command {
 pub struct BrokerEvent {
     pub channel: Channel,
     pub envelope: Envelope,
+    /// The message's place in the channel's history. `None` for commands,
+    /// and for messages published live-only (a plain `PUBLISH` straight to
+    /// Redis).
+    pub position: Option<Position>,
+}
+
+/// What the broker tells the node.
+#[derive(Debug, Clone)]
+pub enum Inbound {
+    /// Something published on a channel the node is subscribed to.
+    Event(BrokerEvent),
+    /// These channels were subscribed again after a reconnect, a failover
+    /// or a cluster change: whatever was published on them meanwhile was
+    /// not received, and is to be caught up from history.
+    Resubscribed(Vec<Channel>),
+}
+
+/// The outcome of publishing on one channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// How many nodes were subscribed (0: no node holds a subscriber).
+    pub receivers: usize,
+    /// Where the message went in the channel's history; `None` for commands.
+    pub position: Option<Position>,
 }
 
 /// Is the broker able to send and receive right now? (`/readyz`)
@@ -92,19 +124,49 @@ pub enum BrokerError {
 /// What every broker guarantees.
 pub trait Broker: Send + Sync + 'static {
     /// Publishes `envelope` on every channel of `channels`, at most once
-    /// each. The envelope is encoded once for all of them, and the
-    /// channels are published concurrently (on Redis, pipelined on one
-    /// connection), not one round trip after another. Resolves once every
-    /// channel is published, so publishes made one after the other keep
-    /// their order on each channel. Returns, for each channel in order, how
-    /// many nodes were subscribed (0: no node holds a subscriber right
-    /// now). On an error some channels may have been published: the
-    /// outcome of the others is unknown.
+    /// each. A publication is appended to each channel's history and
+    /// published in one atomic step, which gives it the channel's next
+    /// offset; commands are published live only. The envelope is encoded
+    /// once for all channels, and the channels are published concurrently
+    /// (on Redis, pipelined), not one round trip after another. Resolves
+    /// once every channel is published, so publishes made one after the
+    /// other keep their order on each channel. With `key`, a channel that
+    /// already took a publish with the same key (within the idempotency
+    /// window) takes nothing and answers that publish's outcome again.
+    /// On an error some channels may have been published: the outcome of
+    /// the others is unknown.
     fn publish(
         &self,
         channels: &[Channel],
         envelope: &Envelope,
-    ) -> impl Future<Output = Result<Vec<usize>, BrokerError>> + Send;
+        key: Option<&IdempotencyKey>,
+    ) -> impl Future<Output = Result<Vec<Published>, BrokerError>> + Send;
+
+    /// The channel's current top: the offset of its latest message (0 if
+    /// none) and its epoch, created if the channel has none yet.
+    fn position(
+        &self,
+        channel: &Channel,
+    ) -> impl Future<Output = Result<Position, BrokerError>> + Send;
+
+    /// The messages after `since`, in offset order, read atomically with
+    /// the channel's top, if history still holds all of them, `since` is
+    /// of the current epoch, and there are at most `limit`.
+    fn history(
+        &self,
+        channel: &Channel,
+        since: &Position,
+        limit: usize,
+    ) -> impl Future<Output = Result<History, BrokerError>> + Send;
+
+    /// Starts a new epoch for `channel` if it is still at `expected`: its
+    /// history is known to be lost (offsets went backwards after a
+    /// failover). Returns the channel's position afterwards.
+    fn reset_epoch(
+        &self,
+        channel: &Channel,
+        expected: &crate::protocol::Epoch,
+    ) -> impl Future<Output = Result<Position, BrokerError>> + Send;
 
     /// Starts delivering `channels` to this node; resolves once deliveries
     /// are guaranteed. Subscribing twice is harmless.
@@ -145,10 +207,41 @@ impl Broker for AnyBroker {
         &self,
         channels: &[Channel],
         envelope: &Envelope,
-    ) -> Result<Vec<usize>, BrokerError> {
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Vec<Published>, BrokerError> {
         match self {
-            Self::Memory(b) => b.publish(channels, envelope).await,
-            Self::Redis(b) => b.publish(channels, envelope).await,
+            Self::Memory(b) => b.publish(channels, envelope, key).await,
+            Self::Redis(b) => b.publish(channels, envelope, key).await,
+        }
+    }
+
+    async fn position(&self, channel: &Channel) -> Result<Position, BrokerError> {
+        match self {
+            Self::Memory(b) => b.position(channel).await,
+            Self::Redis(b) => b.position(channel).await,
+        }
+    }
+
+    async fn history(
+        &self,
+        channel: &Channel,
+        since: &Position,
+        limit: usize,
+    ) -> Result<History, BrokerError> {
+        match self {
+            Self::Memory(b) => b.history(channel, since, limit).await,
+            Self::Redis(b) => b.history(channel, since, limit).await,
+        }
+    }
+
+    async fn reset_epoch(
+        &self,
+        channel: &Channel,
+        expected: &crate::protocol::Epoch,
+    ) -> Result<Position, BrokerError> {
+        match self {
+            Self::Memory(b) => b.reset_epoch(channel, expected).await,
+            Self::Redis(b) => b.reset_epoch(channel, expected).await,
         }
     }
 

@@ -3,7 +3,9 @@
 //! A message is `{"event":"new_msg","data":<any JSON>}` with optional `id`
 //! and `ts` (the receiving node fills in what is missing); a node-to-node
 //! command is an object with a `cmd` field. Anything else is refused with a
-//! [`DecodeError`] and dropped by the caller.
+//! [`DecodeError`] and dropped by the caller. A message that went through
+//! history (`fanout_publish`) also carries its `offset` and `epoch`, which
+//! the history function writes at the front of the object.
 
 use std::sync::Arc;
 
@@ -13,7 +15,7 @@ use serde_json::value::RawValue;
 use super::{Command, Envelope};
 use crate::{
     metrics::BrokerDrop,
-    protocol::{Publication, is_valid_event, is_valid_name, null_value},
+    protocol::{Epoch, Position, Publication, is_valid_event, is_valid_name, null_value},
 };
 
 /// Largest body accepted from the broker: bigger ones could not be written
@@ -59,6 +61,10 @@ struct Body {
     ts: Option<u64>,
     #[serde(default)]
     from: Option<String>,
+    #[serde(default)]
+    offset: Option<u64>,
+    #[serde(default)]
+    epoch: Option<String>,
 }
 
 /// Serialises an envelope for PUBLISH.
@@ -70,12 +76,14 @@ pub fn encode(envelope: &Envelope) -> String {
     }
 }
 
-/// Parses a published body. `fill` supplies an id and timestamp for
-/// messages that came without them (backends publishing straight to Redis).
+/// Parses a published body, and the history position it carries (a
+/// message published live-only, with a plain `PUBLISH`, has none). `fill`
+/// supplies an id and timestamp for messages that came without them
+/// (backends publishing straight to Redis).
 pub fn decode(
     payload: &[u8],
     fill: impl FnOnce() -> (String, u64),
-) -> Result<Envelope, DecodeError> {
+) -> Result<(Envelope, Option<Position>), DecodeError> {
     if payload.len() > MAX_BODY {
         return Err(DecodeError::TooLarge);
     }
@@ -107,11 +115,19 @@ pub fn decode(
             Command::Reply { node, .. } => is_valid_name(node),
         };
         return if names_ok {
-            Ok(Envelope::Command(cmd))
+            Ok((Envelope::Command(cmd), None))
         } else {
             Err(DecodeError::BadField)
         };
     }
+    let position = match (body.offset, body.epoch.as_deref()) {
+        (None, None) => None,
+        (Some(offset), Some(epoch)) if offset > 0 => Some(Position::new(
+            offset,
+            Epoch::parse(epoch).ok_or(DecodeError::BadField)?,
+        )),
+        _ => return Err(DecodeError::BadField),
+    };
     if body.event.as_deref().is_some_and(|e| !is_valid_event(e))
         || body
             .id
@@ -128,13 +144,14 @@ pub fn decode(
             (id.unwrap_or(fid), ts.unwrap_or(fts))
         }
     };
-    Ok(Envelope::Publication(Arc::new(Publication {
+    let publication = Publication {
         id,
         ts,
         event: body.event,
         data: body.data.unwrap_or_else(null_value),
         from: body.from,
-    })))
+    };
+    Ok((Envelope::Publication(Arc::new(publication)), position))
 }
 
 #[cfg(test)]
@@ -147,7 +164,8 @@ mod tests {
 
     #[test]
     fn direct_publishes_get_an_id_and_timestamp() {
-        let Ok(Envelope::Publication(p)) = decode(br#"{"event":"x","data":{"a":1}}"#, fill) else {
+        let Ok((Envelope::Publication(p), None)) = decode(br#"{"event":"x","data":{"a":1}}"#, fill)
+        else {
             panic!("not a publication")
         };
         assert_eq!(
@@ -155,10 +173,15 @@ mod tests {
             ("filled", 9, Some("x"))
         );
         assert_eq!(p.data.get(), r#"{"a":1}"#);
-        let Ok(Envelope::Publication(p)) = decode(br#"{"id":"mine","ts":5}"#, fill) else {
+        let Ok((Envelope::Publication(p), None)) = decode(br#"{"id":"mine","ts":5}"#, fill) else {
             panic!("not a publication")
         };
         assert_eq!((p.id.as_str(), p.ts, p.data.get()), ("mine", 5, "null"));
+        let Ok((_, Some(pos))) = decode(br#"{"offset":7,"epoch":"e1","id":"m","ts":5}"#, fill)
+        else {
+            panic!("no position")
+        };
+        assert_eq!((pos.offset, pos.epoch.as_str()), (7, "e1"));
     }
 
     #[test]
@@ -177,7 +200,7 @@ mod tests {
             },
         ] {
             let text = encode(&Envelope::Command(cmd.clone()));
-            let Ok(Envelope::Command(back)) = decode(text.as_bytes(), fill) else {
+            let Ok((Envelope::Command(back), None)) = decode(text.as_bytes(), fill) else {
                 panic!("{text}")
             };
             assert_eq!(back, cmd);
@@ -194,6 +217,12 @@ mod tests {
             (br#"{"event":""}"#, DecodeError::BadField),
             (br#"{"cmd":"explode"}"#, DecodeError::UnknownCommand),
             (br#"{"data":1,"from":"bad uid"}"#, DecodeError::BadField),
+            (br#"{"offset":1}"#, DecodeError::BadField),
+            (br#"{"offset":0,"epoch":"e"}"#, DecodeError::BadField),
+            (
+                br#"{"offset":1,"epoch":"not an epoch"}"#,
+                DecodeError::BadField,
+            ),
             (
                 br#"{"cmd":"join","group":"bad name"}"#,
                 DecodeError::BadField,

@@ -2,6 +2,20 @@
 //! broker delivers to this node, encodes each message into its final frame
 //! once per channel and hands the shared buffer to the hub, and carries
 //! out commands (kick, server-side join/leave, cluster queries).
+//!
+//! It also keeps each channel's messages whole. It remembers the last
+//! offset it delivered per channel ([`Tracked`]): a message it has already
+//! delivered is dropped, and a gap in the offsets (a message lost while a
+//! pub/sub connection reconnected) is filled from history before anything
+//! later on that channel is delivered. After every resubscribe it catches
+//! each channel up from the last offset it delivered, without waiting for
+//! the next message to reveal the gap.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+    time::Duration,
+};
 
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::mpsc;
@@ -9,57 +23,295 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Node, NodeError};
 use crate::{
-    broker::{BrokerEvent, Command, Envelope},
+    broker::{Broker, BrokerError, BrokerEvent, Command, Envelope, History, Inbound},
     hub::Counts,
-    metrics::{self, BrokerDrop},
-    protocol::{self, Channel, ChannelKind, CloseReason},
+    metrics::{self, BrokerDrop, GapResult},
+    protocol::{self, Channel, ChannelKind, ChannelPosition, CloseReason, Position, Publication},
     session::Session,
 };
+
+/// Most messages one gap fill or catch-up reads from history.
+const HEAL_LIMIT: usize = 10_000;
+/// Most events of one channel held while its gap is filled; beyond it the
+/// fill is given up and the held events are delivered as they are.
+const MAX_HELD: usize = 10_000;
+/// How often entries of channels with no local subscriber are forgotten.
+const PRUNE_EVERY: Duration = Duration::from_secs(30);
+/// Fills in flight whose results wait for the dispatcher.
+const HEALED_QUEUE: usize = 1024;
+
+/// What the node knows of one channel's offsets.
+#[derive(Debug, Default)]
+pub(super) struct Tracked {
+    /// The last position delivered on the channel.
+    last: Option<Position>,
+    /// Before anything was delivered: a position sessions started from (a
+    /// resume's top), from which a catch-up can start.
+    floor: Option<Position>,
+    /// Set while a gap is being filled: the events that arrived meanwhile,
+    /// in order.
+    healing: Option<VecDeque<BrokerEvent>>,
+}
+
+impl Tracked {
+    /// What the node delivered last (or, before that, where sessions started).
+    pub(super) fn delivered(&self) -> Option<Position> {
+        self.last.clone().or_else(|| self.floor.clone())
+    }
+
+    /// Notes a position a session started from (see `floor`).
+    pub(super) fn started_at(&mut self, top: &Position) {
+        if self.last.is_none() && self.floor.is_none() {
+            self.floor = Some(top.clone());
+        }
+    }
+}
+
+/// The answer to a history read started by the dispatcher.
+struct Healed {
+    channel: Channel,
+    since: Position,
+    result: Result<History, BrokerError>,
+}
 
 // === impl Node ===
 
 impl Node {
     /// Receives broker events until the broker goes away or `stop` fires.
-    pub async fn dispatch(self, mut events: mpsc::Receiver<BrokerEvent>, stop: CancellationToken) {
+    pub async fn dispatch(self, mut events: mpsc::Receiver<Inbound>, stop: CancellationToken) {
+        let (healed_tx, mut healed_rx) = mpsc::channel(HEALED_QUEUE);
+        let mut prune = tokio::time::interval(PRUNE_EVERY);
         loop {
-            let event = tokio::select! {
+            tokio::select! {
                 () = stop.cancelled() => break,
-                event = events.recv() => match event {
-                    Some(event) => event,
+                inbound = events.recv() => match inbound {
+                    Some(Inbound::Event(event)) => {
+                        metrics::broker_received();
+                        self.on_event(event, &healed_tx);
+                    }
+                    Some(Inbound::Resubscribed(channels)) => self.catch_up(&channels, &healed_tx),
                     None => break,
                 },
-            };
-            self.handle_event(event);
+                Some(healed) = healed_rx.recv() => self.on_healed(healed, &healed_tx),
+                _ = prune.tick() => self.prune_tracked(),
+            }
         }
     }
 
-    fn handle_event(&self, event: BrokerEvent) {
-        metrics::broker_received();
-        let hub = &self.inner.hub;
-        match event.envelope {
-            Envelope::Publication(p) => {
-                let started = std::time::Instant::now();
-                let frame = Utf8Bytes::from(protocol::message_frame(&event.channel, &p));
-                let delivery = match event.channel.kind() {
-                    ChannelKind::User(uid) => hub.broadcast_user(uid, &frame, p.ts),
-                    ChannelKind::Group(group) => hub.broadcast_group(group, &frame, p.ts),
-                    ChannelKind::All => hub.broadcast_all(&frame, p.ts),
-                    ChannelKind::Node(_) => {
-                        // Node channels carry replies only.
-                        metrics::broker_dropped(BrokerDrop::Misdirected, 1);
-                        return;
-                    }
+    fn on_event(&self, event: BrokerEvent, healed: &mpsc::Sender<Healed>) {
+        let Some(position) = event.position.clone() else {
+            // Commands, and messages published live-only.
+            return self.deliver(&event.channel, event.envelope, None);
+        };
+        let mut tracked = self.inner.tracked.lock();
+        let t = tracked.entry(event.channel.clone()).or_default();
+        if let Some(held) = &mut t.healing {
+            if held.len() < MAX_HELD {
+                held.push_back(event);
+                return;
+            }
+            // A fill this overdue is given up: deliver what is held as it is.
+            let held = t.healing.take().unwrap_or_default();
+            t.last = None;
+            drop(tracked);
+            metrics::gap_messages(GapResult::Lost, 1);
+            for e in held.into_iter().chain([event]) {
+                self.on_event(e, healed);
+            }
+            return;
+        }
+        if let Some(last) = t.last.as_ref().filter(|l| l.epoch == position.epoch) {
+            if position.offset <= last.offset {
+                metrics::history_duplicate();
+                return;
+            }
+            if position.offset > last.offset + 1 {
+                // A gap: hold this channel's messages until it is filled.
+                let (since, limit) = (last.clone(), position.offset - last.offset);
+                let channel = event.channel.clone();
+                t.healing = Some(VecDeque::from([event]));
+                drop(tracked);
+                let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+                return self.heal(channel, since, limit, healed);
+            }
+        }
+        // The next message, the first one seen, or a new epoch.
+        t.last = Some(position.clone());
+        t.floor = None;
+        drop(tracked);
+        self.deliver(&event.channel, event.envelope, Some(position));
+    }
+
+    /// Reads what followed `since` on `channel`; the answer comes back to
+    /// the dispatcher loop as a [`Healed`].
+    fn heal(&self, channel: Channel, since: Position, limit: usize, healed: &mpsc::Sender<Healed>) {
+        let node = self.clone();
+        let healed = healed.clone();
+        tokio::spawn(async move {
+            let result = node
+                .inner
+                .broker
+                .history(&channel, &since, limit.min(HEAL_LIMIT))
+                .await;
+            let _ = healed
+                .send(Healed {
+                    channel,
+                    since,
+                    result,
+                })
+                .await;
+        });
+    }
+
+    /// After a resubscribe: reads, for each channel it has delivered on (or
+    /// sessions started from), what was published since.
+    fn catch_up(&self, channels: &[Channel], healed: &mpsc::Sender<Healed>) {
+        let mut starts = Vec::new();
+        {
+            let mut tracked = self.inner.tracked.lock();
+            for channel in channels {
+                let Some(t) = tracked.get_mut(channel) else {
+                    continue;
                 };
-                metrics::broadcast(delivery.queued, delivery.slow, started.elapsed());
-                if delivery.slow > 0 {
-                    tracing::info!(
-                        channel = %event.channel,
-                        slow = delivery.slow,
-                        "closing slow consumers"
-                    );
+                if t.healing.is_some() {
+                    continue;
+                }
+                if let Some(since) = t.last.clone().or_else(|| t.floor.clone()) {
+                    t.healing = Some(VecDeque::new());
+                    starts.push((channel.clone(), since));
                 }
             }
-            Envelope::Command(cmd) => self.handle_command(&event.channel, cmd),
+        }
+        for (channel, since) in starts {
+            self.heal(channel, since, HEAL_LIMIT, healed);
+        }
+    }
+
+    fn on_healed(&self, h: Healed, healed: &mpsc::Sender<Healed>) {
+        let held = {
+            let mut tracked = self.inner.tracked.lock();
+            let Some(t) = tracked.get_mut(&h.channel) else {
+                return;
+            };
+            t.healing.take().unwrap_or_default()
+        };
+        match h.result {
+            Ok(History::Complete { top, messages }) => {
+                let mut filled = 0;
+                for m in messages {
+                    let position = Position::new(m.offset, top.epoch.clone());
+                    let fresh = {
+                        let mut tracked = self.inner.tracked.lock();
+                        let t = tracked.entry(h.channel.clone()).or_default();
+                        let fresh = t.last.as_ref().is_none_or(|l| {
+                            l.epoch != position.epoch || position.offset > l.offset
+                        });
+                        if fresh {
+                            t.last = Some(position.clone());
+                            t.floor = None;
+                        }
+                        fresh
+                    };
+                    if fresh {
+                        filled += 1;
+                        self.deliver(
+                            &h.channel,
+                            Envelope::Publication(m.publication),
+                            Some(position),
+                        );
+                    }
+                }
+                metrics::gap_messages(GapResult::Healed, filled);
+            }
+            Ok(History::Incomplete { top }) => {
+                if top.epoch == h.since.epoch && top.offset < h.since.offset {
+                    // The channel went back to an offset already delivered:
+                    // a failover lost writes. A new epoch tells every client
+                    // its position is no longer valid.
+                    self.reset_epoch(h.channel.clone(), h.since.epoch.clone());
+                }
+                tracing::warn!(channel = %h.channel, since = h.since.offset, top = top.offset,
+                    "messages lost from history could not be filled in");
+                metrics::gap_messages(GapResult::Lost, 1);
+                self.forget_last(&h.channel);
+            }
+            Err(e) => {
+                tracing::warn!(channel = %h.channel, error = %e, "cannot read history to fill a gap");
+                metrics::gap_messages(GapResult::Lost, 1);
+                self.forget_last(&h.channel);
+            }
+        }
+        for event in held {
+            self.on_event(event, healed);
+        }
+    }
+
+    /// After a fill that failed: the next message starts afresh rather than
+    /// revealing the same gap again.
+    fn forget_last(&self, channel: &Channel) {
+        if let Some(t) = self.inner.tracked.lock().get_mut(channel) {
+            t.last = None;
+            t.floor = None;
+        }
+    }
+
+    fn reset_epoch(&self, channel: Channel, epoch: protocol::Epoch) {
+        let node = self.clone();
+        tokio::spawn(async move {
+            match node.inner.broker.reset_epoch(&channel, &epoch).await {
+                Ok(p) => {
+                    metrics::epoch_reset();
+                    tracing::warn!(%channel, epoch = %p.epoch, "history lost in a failover: started a new epoch");
+                }
+                Err(e) => tracing::warn!(%channel, error = %e, "cannot start a new epoch"),
+            }
+        });
+    }
+
+    /// Forgets channels that have no local subscriber any more.
+    fn prune_tracked(&self) {
+        let hub = &self.inner.hub;
+        self.inner.tracked.lock().retain(|channel, t| {
+            t.healing.is_some()
+                || match channel.kind() {
+                    ChannelKind::User(uid) => hub.user_connections(uid) > 0,
+                    ChannelKind::Group(group) => hub.has_group(group),
+                    ChannelKind::All | ChannelKind::Node(_) => true,
+                }
+        });
+    }
+
+    /// Delivers one envelope to the local sessions of its channel.
+    fn deliver(&self, channel: &Channel, envelope: Envelope, position: Option<Position>) {
+        match envelope {
+            Envelope::Publication(p) => self.broadcast(channel, &p, position),
+            Envelope::Command(cmd) => self.handle_command(channel, cmd),
+        }
+    }
+
+    fn broadcast(&self, channel: &Channel, p: &Publication, position: Option<Position>) {
+        let hub = &self.inner.hub;
+        let started = std::time::Instant::now();
+        let frame = Utf8Bytes::from(protocol::message_frame(channel, p, position.as_ref()));
+        let place = position.map(|position| {
+            Arc::new(ChannelPosition {
+                channel: channel.clone(),
+                position,
+            })
+        });
+        let delivery = match channel.kind() {
+            ChannelKind::User(uid) => hub.broadcast_user(uid, &frame, p.ts, place.as_ref()),
+            ChannelKind::Group(group) => hub.broadcast_group(group, &frame, p.ts, place.as_ref()),
+            ChannelKind::All => hub.broadcast_all(&frame, p.ts, place.as_ref()),
+            ChannelKind::Node(_) => {
+                // Node channels carry replies only.
+                metrics::broker_dropped(BrokerDrop::Misdirected, 1);
+                return;
+            }
+        };
+        metrics::broadcast(delivery.queued, delivery.slow, started.elapsed());
+        if delivery.slow > 0 {
+            tracing::info!(%channel, slow = delivery.slow, "closing slow consumers");
         }
     }
 
@@ -113,10 +365,17 @@ impl Node {
     }
 
     /// A join a backend asked for: the session learns of it through a
-    /// `joined` frame, or an `error` frame without `id`.
+    /// `joined` frame (with the group's position), or an `error` frame
+    /// without `id`.
     async fn server_join(&self, session: &Session, group: &str) {
-        match self.join(session, group).await {
-            Ok(()) => push_text(session, protocol::joined_frame(None, group)),
+        match self.join(session, group, None).await {
+            Ok(joined) => {
+                push_text(
+                    session,
+                    protocol::joined_frame(None, group, Some(&joined.top), None),
+                );
+                joined.finish(session, &Channel::group(group));
+            }
             Err(NodeError::Closed) => {}
             Err(e) => {
                 tracing::warn!(conn = session.id(), group, error = %e, "server-side join failed");
@@ -133,3 +392,7 @@ fn push_text(session: &Session, text: String) {
     // A closing session needs no more replies.
     let _ = session.push(&Utf8Bytes::from(text), 0);
 }
+
+/// What the node knows of every channel's offsets: written by the
+/// dispatcher, and by resumes (their start, `Tracked::started_at`).
+pub(super) type TrackedMap = HashMap<Channel, Tracked>;

@@ -16,13 +16,16 @@
 //! - this file: connect, disconnect, join, leave, publish, and the
 //!   commands a backend sends to a user's connections on every node.
 //! - `subscriptions`: subscription locks, first/last subscriber, linger.
-//! - `dispatch`: broker events into the hub.
+//! - `dispatch`: broker events into the hub, each channel's offsets kept
+//!   whole (duplicates dropped, gaps filled from history).
+//! - `resume`: where a session starts on a channel, and what it missed.
 //! - `query`: presence and stats across nodes.
 //! - `drain`: the paced close of every session on shutdown.
 
 mod dispatch;
 mod drain;
 mod query;
+mod resume;
 mod subscriptions;
 
 use std::{
@@ -41,17 +44,20 @@ use tokio::{
     time::Instant,
 };
 
-pub use self::{drain::DRAIN_MIN_RATE, query::ClusterCounts, subscriptions::SUB_LOCKS};
 use self::{
+    dispatch::TrackedMap,
     query::PendingQuery,
     subscriptions::{DISSOLVE_QUEUE, Subscribed},
 };
+pub use self::{
+    drain::DRAIN_MIN_RATE, query::ClusterCounts, resume::Resumed, subscriptions::SUB_LOCKS,
+};
 use crate::{
-    broker::{AnyBroker, Broker, BrokerError, Command, Envelope, Health},
+    broker::{AnyBroker, Broker, BrokerError, Command, Envelope, Health, IdempotencyKey},
     hub::{Added, Counts, Hub, Removed},
     ids::message_id,
     metrics,
-    protocol::{Channel, Publication},
+    protocol::{Channel, Position, Publication},
     session::Session,
 };
 
@@ -76,6 +82,9 @@ pub struct NodeOptions {
     pub unsubscribe_linger: Duration,
     /// How long presence and stats queries wait for other nodes' replies.
     pub query_timeout: Duration,
+    /// Most messages one resume replays; a client that missed more must
+    /// reload (`recovered: false`).
+    pub max_recovery: usize,
 }
 
 /// Where an API publish goes. Names are validated by the caller.
@@ -92,6 +101,8 @@ pub struct Published {
     pub id: String,
     /// Targeted uids with no live connection anywhere.
     pub offline_users: Vec<String>,
+    /// Where the message went in each target channel's history.
+    pub positions: Vec<(Channel, Position)>,
 }
 
 #[derive(Debug, Clone)]
@@ -114,6 +125,10 @@ struct Inner {
     /// Open cluster queries by request id; the dispatcher fills in replies,
     /// the asking task removes its entry when done or timed out.
     queries: parking_lot::Mutex<HashMap<u64, PendingQuery>>,
+    /// Each channel's last delivered offset: written by the dispatcher
+    /// (and by resumes, where sessions start), pruned of channels with no
+    /// local subscriber. Never held across an `.await`.
+    tracked: parking_lot::Mutex<TrackedMap>,
     next_query: AtomicU64,
     next_conn: AtomicU64,
 }
@@ -133,6 +148,7 @@ impl Node {
                 dissolve_tx,
                 dissolve_rx: parking_lot::Mutex::new(Some(dissolve_rx)),
                 queries: parking_lot::Mutex::new(HashMap::new()),
+                tracked: parking_lot::Mutex::new(HashMap::new()),
                 next_query: AtomicU64::new(1),
                 next_conn: AtomicU64::new(1),
             }),
@@ -147,6 +163,11 @@ impl Node {
         &self.inner.hub
     }
 
+    /// Most groups one connection may be in.
+    pub fn max_groups(&self) -> usize {
+        self.inner.opts.max_groups
+    }
+
     /// Subscribes the channels every node always needs: `all` and its own
     /// `node:<id>`.
     pub async fn start(&self) -> Result<(), BrokerError> {
@@ -158,10 +179,18 @@ impl Node {
     }
 
     /// Registers a new authenticated connection for `uid`, subscribing its
-    /// user channel if it is the uid's first here.
-    pub async fn connect(&self, uid: Arc<str>) -> Result<Session, NodeError> {
+    /// user channel if it is the uid's first here. The session starts with
+    /// `recovering` held back (see [`Node::resume`]).
+    pub async fn connect(
+        &self,
+        uid: Arc<str>,
+        recovering: &[Channel],
+    ) -> Result<Session, NodeError> {
         let id = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
         let session = Session::new(id, uid, self.inner.opts.max_queue_bytes);
+        for channel in recovering {
+            session.begin_recovery(channel);
+        }
         let channel = Channel::user(session.uid());
         let mut subs = self.lock(&channel).await;
         let first = self.inner.hub.add_session(&session) == Added::First;
@@ -189,29 +218,70 @@ impl Node {
         }
     }
 
-    /// Adds the session to `group` (idempotent).
-    pub async fn join(&self, session: &Session, group: &str) -> Result<(), NodeError> {
+    /// Adds the session to `group` (idempotent) and says where it starts
+    /// on it; from `since`, what it missed. The caller queues `joined`,
+    /// then [`Resumed::finish`]es.
+    pub async fn join(
+        &self,
+        session: &Session,
+        group: &str,
+        since: Option<&Position>,
+    ) -> Result<Resumed, NodeError> {
         let channel = Channel::group(group);
-        let mut subs = self.lock(&channel).await;
-        if session.in_group(group) {
-            return Ok(());
-        }
-        if session.group_count() >= self.inner.opts.max_groups {
-            return Err(NodeError::TooManyGroups(self.inner.opts.max_groups));
-        }
-        let name: Arc<str> = group.into();
-        if !session.add_group(name.clone()) {
-            return Err(NodeError::Closed);
-        }
-        if self.inner.hub.add_sub(&name, session) == Added::First {
-            if let Err(e) = self.ensure_subscribed(&mut subs, &channel).await {
-                self.inner.hub.remove_sub(group, session.id());
-                session.remove_group(group);
-                return Err(e.into());
+        {
+            let mut subs = self.lock(&channel).await;
+            if session.in_group(group) {
+                drop(subs);
+                return self.rejoin(session, &channel, since).await;
             }
-            metrics::groups_active(1.0);
+            if session.group_count() >= self.inner.opts.max_groups {
+                return Err(NodeError::TooManyGroups(self.inner.opts.max_groups));
+            }
+            let name: Arc<str> = group.into();
+            session.begin_recovery(&channel);
+            if !session.add_group(name.clone()) {
+                session.abandon_recovery(&channel);
+                return Err(NodeError::Closed);
+            }
+            if self.inner.hub.add_sub(&name, session) == Added::First {
+                if let Err(e) = self.ensure_subscribed(&mut subs, &channel).await {
+                    self.inner.hub.remove_sub(group, session.id());
+                    session.remove_group(group);
+                    session.abandon_recovery(&channel);
+                    return Err(e.into());
+                }
+                metrics::groups_active(1.0);
+            }
         }
-        Ok(())
+        match self.resume(&channel, since).await {
+            Ok(resumed) => Ok(resumed),
+            Err(e) => {
+                self.leave(session, group).await;
+                session.abandon_recovery(&channel);
+                Err(e)
+            }
+        }
+    }
+
+    /// A join of a group the session is already in: it has been receiving
+    /// it live, so without `since` it starts where the node's deliveries
+    /// are; with `since`, it resumes like any other.
+    async fn rejoin(
+        &self,
+        session: &Session,
+        channel: &Channel,
+        since: Option<&Position>,
+    ) -> Result<Resumed, NodeError> {
+        if since.is_some() {
+            session.begin_recovery(channel);
+            return self.resume(channel, since).await.inspect_err(|_| {
+                session.abandon_recovery(channel);
+            });
+        }
+        match self.delivered(channel) {
+            Some(top) => Ok(Resumed::live(top)),
+            None => self.resume(channel, None).await,
+        }
     }
 
     /// Removes the session from `group` (idempotent); returns whether it
@@ -248,38 +318,48 @@ impl Node {
         }
     }
 
-    /// Publishes one message to every target. `all` makes the other targets
-    /// redundant and publishes only to `all`.
+    /// Publishes one message to every target, appending it to each
+    /// target channel's history. `all` makes the other targets redundant
+    /// and publishes only to `all`. With `key`, a channel that already took
+    /// a publish with that key takes nothing and answers it again.
     pub async fn publish(
         &self,
         targets: &Targets,
         publication: Publication,
+        key: Option<&IdempotencyKey>,
     ) -> Result<Published, NodeError> {
         let id = publication.id.clone();
         let envelope = Envelope::Publication(Arc::new(publication));
-        if targets.all {
-            self.inner
-                .broker
-                .publish(&[Channel::all()], &envelope)
-                .await?;
-            return Ok(Published {
-                id,
-                offline_users: Vec::new(),
-            });
-        }
-        let channels: Vec<Channel> = (targets.users.iter().map(|u| Channel::user(u)))
-            .chain(targets.groups.iter().map(|g| Channel::group(g)))
+        let channels: Vec<Channel> = if targets.all {
+            vec![Channel::all()]
+        } else {
+            (targets.users.iter().map(|u| Channel::user(u)))
+                .chain(targets.groups.iter().map(|g| Channel::group(g)))
+                .collect()
+        };
+        let outcomes = self.inner.broker.publish(&channels, &envelope, key).await?;
+        // The first outcomes are the users', in the users' order.
+        let offline_users = if targets.all {
+            Vec::new()
+        } else {
+            targets
+                .users
+                .iter()
+                .zip(&outcomes)
+                .filter(|(_, o)| o.receivers == 0)
+                .map(|(uid, _)| uid.clone())
+                .collect()
+        };
+        let positions = channels
+            .into_iter()
+            .zip(outcomes)
+            .filter_map(|(c, o)| Some((c, o.position?)))
             .collect();
-        let receivers = self.inner.broker.publish(&channels, &envelope).await?;
-        // The first receiver counts are the users', in the users' order.
-        let offline_users = targets
-            .users
-            .iter()
-            .zip(&receivers)
-            .filter(|(_, n)| **n == 0)
-            .map(|(uid, _)| uid.clone())
-            .collect();
-        Ok(Published { id, offline_users })
+        Ok(Published {
+            id,
+            offline_users,
+            positions,
+        })
     }
 
     /// Closes every connection of `uid`, on every node, with `kicked`.
@@ -319,9 +399,9 @@ impl Node {
         let receivers = self
             .inner
             .broker
-            .publish(&[Channel::user(uid)], &Envelope::Command(command))
+            .publish(&[Channel::user(uid)], &Envelope::Command(command), None)
             .await?;
-        Ok(receivers.iter().any(|n| *n > 0))
+        Ok(receivers.iter().any(|o| o.receivers > 0))
     }
 
     /// This node's registry counts.
@@ -343,10 +423,10 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::{BrokerEvent, memory::MemoryBus};
+    use crate::broker::{Inbound, memory::MemoryBus};
 
-    fn node() -> (Node, MemoryBus, mpsc::Receiver<BrokerEvent>) {
-        let bus = MemoryBus::new();
+    fn node() -> (Node, MemoryBus, mpsc::Receiver<Inbound>) {
+        let bus = MemoryBus::default();
         let (tx, rx) = mpsc::channel(16);
         let opts = NodeOptions {
             id: "n".into(),
@@ -354,6 +434,7 @@ mod tests {
             max_groups: 2,
             unsubscribe_linger: Duration::ZERO,
             query_timeout: Duration::from_secs(5),
+            max_recovery: 100,
         };
         (Node::new(opts, AnyBroker::Memory(bus.broker(tx))), bus, rx)
     }
@@ -361,10 +442,10 @@ mod tests {
     #[tokio::test]
     async fn subscriptions_follow_first_and_last_local_subscriber() {
         let (node, bus, _rx) = node();
-        let a = node.connect("u".into()).await.unwrap();
-        let b = node.connect("u".into()).await.unwrap();
-        node.join(&a, "g").await.unwrap();
-        node.join(&b, "g").await.unwrap();
+        let a = node.connect("u".into(), &[]).await.unwrap();
+        let b = node.connect("u".into(), &[]).await.unwrap();
+        node.join(&a, "g", None).await.unwrap();
+        node.join(&b, "g", None).await.unwrap();
         assert_eq!(bus.channel_count(), 2);
         node.disconnect(&a).await;
         assert_eq!(bus.channel_count(), 2);
@@ -376,12 +457,12 @@ mod tests {
     #[tokio::test]
     async fn group_limit_is_enforced_and_joins_are_idempotent() {
         let (node, _bus, _rx) = node();
-        let a = node.connect("u".into()).await.unwrap();
-        node.join(&a, "g1").await.unwrap();
-        node.join(&a, "g1").await.unwrap();
-        node.join(&a, "g2").await.unwrap();
+        let a = node.connect("u".into(), &[]).await.unwrap();
+        node.join(&a, "g1", None).await.unwrap();
+        node.join(&a, "g1", None).await.unwrap();
+        node.join(&a, "g2", None).await.unwrap();
         assert!(matches!(
-            node.join(&a, "g3").await,
+            node.join(&a, "g3", None).await,
             Err(NodeError::TooManyGroups(2))
         ));
     }
@@ -389,9 +470,12 @@ mod tests {
     #[tokio::test]
     async fn a_detached_session_cannot_join() {
         let (node, _bus, _rx) = node();
-        let a = node.connect("u".into()).await.unwrap();
+        let a = node.connect("u".into(), &[]).await.unwrap();
         node.disconnect(&a).await;
-        assert!(matches!(node.join(&a, "g").await, Err(NodeError::Closed)));
+        assert!(matches!(
+            node.join(&a, "g", None).await,
+            Err(NodeError::Closed)
+        ));
         assert_eq!(node.counts(), Counts::default());
     }
 }

@@ -97,12 +97,12 @@ impl Node {
         match self
             .inner
             .broker
-            .publish(std::slice::from_ref(channel), &query)
+            .publish(std::slice::from_ref(channel), &query, None)
             .await
         {
-            Ok(receivers) => {
+            Ok(outcomes) => {
                 if let Some(q) = self.inner.queries.lock().get_mut(&req) {
-                    q.expected = Some(receivers.iter().sum());
+                    q.expected = Some(outcomes.iter().map(|o| o.receivers).sum());
                     q.check_done();
                 }
             }
@@ -134,7 +134,7 @@ impl Node {
                 node: node.id().to_owned(),
                 counts,
             });
-            if let Err(e) = node.inner.broker.publish(&[channel], &reply).await {
+            if let Err(e) = node.inner.broker.publish(&[channel], &reply, None).await {
                 tracing::debug!(error = %e, "cannot answer a cluster query");
             }
         });

@@ -25,6 +25,7 @@ pub enum ErrorCode {
     BrokerUnavailable,
     MessageTooBig,
     TooManyErrors,
+    InvalidPosition,
 }
 
 impl ErrorCode {
@@ -47,6 +48,7 @@ impl ErrorCode {
             Self::BrokerUnavailable => "broker_unavailable",
             Self::MessageTooBig => "message_too_big",
             Self::TooManyErrors => "too_many_errors",
+            Self::InvalidPosition => "invalid_position",
         }
     }
 }

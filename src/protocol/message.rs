@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::{channel::Channel, server_frame::encode};
+use super::{channel::Channel, position::Position, server_frame::encode};
 
 /// A published message as every recipient sees it, minus the channel.
 ///
@@ -30,8 +30,9 @@ pub fn null_value() -> Box<RawValue> {
     RawValue::NULL.to_owned()
 }
 
-/// The `message` frame for `publication` delivered through `channel`.
-pub fn message_frame(channel: &Channel, p: &Publication) -> String {
+/// The `message` frame for `publication` delivered through `channel`, at
+/// `position` in that channel's history (none for a live-only message).
+pub fn message_frame(channel: &Channel, p: &Publication, position: Option<&Position>) -> String {
     #[derive(Serialize)]
     struct Message<'a> {
         #[serde(rename = "type")]
@@ -44,6 +45,10 @@ pub fn message_frame(channel: &Channel, p: &Publication) -> String {
         ts: u64,
         #[serde(skip_serializing_if = "Option::is_none")]
         from: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<&'a str>,
     }
     encode(&Message {
         kind: "message",
@@ -53,6 +58,8 @@ pub fn message_frame(channel: &Channel, p: &Publication) -> String {
         id: &p.id,
         ts: p.ts,
         from: p.from.as_deref(),
+        offset: position.map(|p| p.offset),
+        epoch: position.map(|p| p.epoch.as_str()),
     })
 }
 
@@ -70,8 +77,13 @@ mod tests {
             from: None,
         };
         assert_eq!(
-            message_frame(&Channel::group("g"), &p),
+            message_frame(&Channel::group("g"), &p, None),
             r#"{"type":"message","channel":"group:g","event":"e","data":{"a":[1,2]},"id":"m1","ts":7}"#
+        );
+        let at = Position::new(3, super::super::Epoch::parse("k1").unwrap());
+        assert_eq!(
+            message_frame(&Channel::all(), &p, Some(&at)),
+            r#"{"type":"message","channel":"all","event":"e","data":{"a":[1,2]},"id":"m1","ts":7,"offset":3,"epoch":"k1"}"#
         );
     }
 }

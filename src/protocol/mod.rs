@@ -12,6 +12,7 @@
 //! - [`client_frame`]: parsing what clients send.
 //! - [`server_frame`]: replies (`welcome`, `joined`, `ack`, …).
 //! - [`message`]: a publication and its `message` frame.
+//! - [`position`]: offsets and epochs, where a message sits in its channel.
 
 pub mod channel;
 pub mod client_frame;
@@ -19,10 +20,13 @@ pub mod close;
 pub mod error;
 pub mod message;
 pub mod names;
+pub mod position;
 pub mod server_frame;
 
 pub use channel::{Channel, ChannelKind};
-pub use client_frame::{ClientFrame, parse_client_frame};
+pub use client_frame::{
+    ClientFrame, format_since_compact, parse_client_frame, parse_since_compact, parse_since_map,
+};
 pub use close::{
     CLOSE_IDLE, CLOSE_KICKED, CLOSE_PROTOCOL_VIOLATION, CLOSE_SHUTDOWN, CLOSE_SLOW,
     CLOSE_TOKEN_EXPIRED, CLOSE_TOO_BIG, CLOSE_UNAUTHORIZED, CLOSE_UNAVAILABLE, CLOSE_WRITE_ERROR,
@@ -31,6 +35,7 @@ pub use close::{
 pub use error::{ErrorCode, FrameError};
 pub use message::{Publication, message_frame, null_value};
 pub use names::{MAX_NAME_LEN, NAME_RULE, is_valid_event, is_valid_name};
+pub use position::{ChannelPosition, Epoch, Position, Positions};
 pub use server_frame::{
     Welcome, ack_frame, error_frame, joined_frame, left_frame, pong_frame, refreshed_frame,
     welcome_frame,

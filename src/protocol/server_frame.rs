@@ -2,9 +2,15 @@
 //! `ack`, `error`…). `message` frames are in [`super::message`], `bye` in
 //! [`super::close`].
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
-use super::error::ErrorCode;
+use super::{
+    channel::Channel,
+    error::ErrorCode,
+    position::{Position, Positions},
+};
 
 /// Serialises a frame. The frames here are plain structs of strings,
 /// numbers and already-valid raw JSON, which cannot fail to serialise.
@@ -33,8 +39,37 @@ fn reply(kind: &str, id: Option<i64>, group: Option<&str>, exp: Option<u64>) -> 
     })
 }
 
-pub fn joined_frame(id: Option<i64>, group: &str) -> String {
-    reply("joined", id, Some(group), None)
+/// `joined`, with the group's position (where the connection starts on
+/// it) and, when the join gave `since`, whether every missed message
+/// follows.
+pub fn joined_frame(
+    id: Option<i64>,
+    group: &str,
+    position: Option<&Position>,
+    recovered: Option<bool>,
+) -> String {
+    #[derive(Serialize)]
+    struct Joined<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<i64>,
+        group: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
+    }
+    encode(&Joined {
+        kind: "joined",
+        id,
+        group,
+        offset: position.map(|p| p.offset),
+        epoch: position.map(|p| p.epoch.as_str()),
+        recovered,
+    })
 }
 
 pub fn left_frame(id: Option<i64>, group: &str) -> String {
@@ -79,6 +114,12 @@ pub struct Welcome<'a> {
     pub node: &'a str,
     pub exp: u64,
     pub heartbeat: u64,
+    /// Where the connection starts on each of its channels.
+    pub positions: &'a Positions,
+    /// For each channel the client gave a position for: whether every
+    /// message it missed follows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<&'a BTreeMap<Channel, bool>>,
 }
 
 pub fn welcome_frame(w: &Welcome<'_>) -> String {

@@ -7,6 +7,7 @@
 //! - this file: connecting, and the [`Broker`] implementation (publish,
 //!   subscribe and unsubscribe requests, close, health).
 //! - [`options`]: the Redis settings built from the configuration.
+//! - `history`: channel history through the `fanout` function library.
 //! - `shards`: the pool of subscriber connections: what each must hold,
 //!   receiving into the node's event channel, resubscribing after every
 //!   reconnect or cluster change.
@@ -16,6 +17,7 @@
 
 mod batcher;
 mod health;
+pub mod history;
 pub mod options;
 mod shards;
 
@@ -45,10 +47,13 @@ use self::{
     batcher::{Op, OpKind},
     shards::Shard,
 };
-use super::{Broker, BrokerError, BrokerEvent, Envelope, Health, wire};
+use super::{
+    Broker, BrokerError, Envelope, Health, History, HistoryOptions, IdempotencyKey, Inbound,
+    Published, wire,
+};
 use crate::{
     metrics::{self, BrokerOp},
-    protocol::Channel,
+    protocol::{Channel, Epoch, Position},
 };
 
 /// fred's per-client receive buffer (its default, 32, loses messages).
@@ -81,6 +86,10 @@ struct Inner {
     slot_map_at_start: Option<u64>,
     /// Stops every background task on `close`.
     stop: CancellationToken,
+    /// Into the node: messages received (by the receive tasks) and
+    /// resubscribes done (by the resubscribers).
+    events: mpsc::Sender<Inbound>,
+    history: HistoryOptions,
 }
 
 impl std::fmt::Debug for Inner {
@@ -102,7 +111,7 @@ impl RedisBroker {
     /// background tasks (on `tracker`). Fails if Redis cannot be reached.
     pub async fn connect(
         opts: RedisOptions,
-        events: mpsc::Sender<BrokerEvent>,
+        events: mpsc::Sender<Inbound>,
         tracker: &TaskTracker,
     ) -> Result<Self, BrokerError> {
         let clustered = opts.config.server.is_clustered();
@@ -157,14 +166,17 @@ impl RedisBroker {
                 probe_ok: AtomicBool::new(true),
                 down_since: parking_lot::Mutex::new(None),
                 stop: CancellationToken::new(),
+                events,
+                history: opts.history,
             }),
         };
+        broker.load_library().await?;
         for index in 0..broker.inner.shards.len() {
             let shard = &broker.inner.shards[index];
             broker
                 .send_subscribe(shard, vec![shard.probe_channel.clone()])
                 .await?;
-            tracker.spawn(broker.clone().receive(index, events.clone()));
+            tracker.spawn(broker.clone().receive(index));
             tracker.spawn(broker.clone().resubscriber(index));
         }
         metrics::broker_connected(true);
@@ -181,6 +193,44 @@ impl RedisBroker {
     fn shard_of(&self, name: &str) -> &Shard {
         let i = (self.inner.hasher.hash_one(name) as usize) % self.inner.shards.len();
         &self.inner.shards[i]
+    }
+
+    async fn publish_one(
+        &self,
+        channel: &Channel,
+        payload: Bytes,
+        kept: bool,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Published, BrokerError> {
+        let r = if kept && self.inner.history.limits(channel).is_some() {
+            // Appended to history and published in one step.
+            self.publish_kept(channel, &payload, key).await
+        } else {
+            self.publish_live(channel, payload).await
+        };
+        metrics::broker_command(BrokerOp::Publish, r.is_ok());
+        r
+    }
+
+    /// A plain PUBLISH (SPUBLISH on a cluster): commands between nodes,
+    /// which keep no history.
+    async fn publish_live(
+        &self,
+        channel: &Channel,
+        payload: Bytes,
+    ) -> Result<Published, BrokerError> {
+        let publisher = &self.inner.publisher;
+        let name = self.full_name(channel);
+        let r: Result<i64, FredError> = if self.inner.clustered {
+            publisher.spublish(name, payload).await
+        } else {
+            publisher.publish(name, payload).await
+        };
+        let receivers = r.map_err(|e| unavailable(&e))?;
+        Ok(Published {
+            receivers: usize::try_from(receivers.max(0)).unwrap_or(0),
+            position: None,
+        })
     }
 
     /// Hands an (un)subscribe request to the batcher and waits for its outcome.
@@ -205,7 +255,8 @@ impl Broker for RedisBroker {
         &self,
         channels: &[Channel],
         envelope: &Envelope,
-    ) -> Result<Vec<usize>, BrokerError> {
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Vec<Published>, BrokerError> {
         let publisher = &self.inner.publisher;
         if !publisher.is_connected() {
             for _ in channels {
@@ -213,33 +264,44 @@ impl Broker for RedisBroker {
             }
             return Err(BrokerError::Unavailable("not connected to Redis".into()));
         }
-        // Encoded once; every PUBLISH shares the bytes.
+        // Encoded once; every command shares the bytes.
         let payload = Bytes::from(wire::encode(envelope));
-        let one = |channel: &Channel| {
-            let name = self.full_name(channel);
-            let payload = payload.clone();
-            async move {
-                let r: Result<i64, FredError> = if self.inner.clustered {
-                    publisher.spublish(name, payload).await
-                } else {
-                    publisher.publish(name, payload).await
-                };
-                metrics::broker_command(BrokerOp::Publish, r.is_ok());
-                r
-            }
-        };
+        let kept = matches!(envelope, Envelope::Publication(_));
         // fred writes commands issued together back to back on its
         // connection (up to 200 per flush) and matches the replies in
         // order: one round trip for the lot. `buffered` keeps the results
         // in channel order and bounds what is in flight.
-        let results: Vec<Result<i64, FredError>> = stream::iter(channels.iter().map(one))
+        stream::iter(channels.iter().cloned())
+            .map(|channel| {
+                let payload = payload.clone();
+                async move { self.publish_one(&channel, payload, kept, key).await }
+            })
             .buffered(PUBLISH_IN_FLIGHT)
-            .collect()
-            .await;
-        results
+            .collect::<Vec<_>>()
+            .await
             .into_iter()
-            .map(|r| r.map(|n| n.max(0) as usize).map_err(|e| unavailable(&e)))
             .collect()
+    }
+
+    async fn position(&self, channel: &Channel) -> Result<Position, BrokerError> {
+        self.read_position(channel).await
+    }
+
+    async fn history(
+        &self,
+        channel: &Channel,
+        since: &Position,
+        limit: usize,
+    ) -> Result<History, BrokerError> {
+        self.read_history(channel, since, limit).await
+    }
+
+    async fn reset_epoch(
+        &self,
+        channel: &Channel,
+        expected: &Epoch,
+    ) -> Result<Position, BrokerError> {
+        self.reset(channel, expected).await
     }
 
     async fn subscribe(&self, channels: &[Channel]) -> Result<(), BrokerError> {

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use fred::types::config::{ClusterDiscoveryPolicy, Config as FredConfig, Server, ServerConfig};
 
-use crate::config::{Config, ENV_REDIS_CLUSTER, ENV_REDIS_SENTINEL, ENV_REDIS_URL};
+use crate::{
+    broker::HistoryOptions,
+    config::{Config, ENV_REDIS_CLUSTER, ENV_REDIS_SENTINEL, ENV_REDIS_URL},
+};
 
 /// URL schemes `--redis-url` accepts.
 const SCHEMES: [&str; 8] = [
@@ -29,6 +32,7 @@ pub struct RedisOptions {
     pub pubsub_connections: usize,
     pub command_timeout: Duration,
     pub probe_interval: Duration,
+    pub history: HistoryOptions,
 }
 
 impl RedisOptions {
@@ -42,6 +46,7 @@ impl RedisOptions {
             pubsub_connections: cfg.redis_pubsub_connections,
             command_timeout: cfg.redis_timeout,
             probe_interval: cfg.redis_probe_interval,
+            history: HistoryOptions::from_config(cfg),
         }))
     }
 }

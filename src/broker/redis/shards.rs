@@ -21,11 +21,11 @@ use fred::{
     interfaces::{ClientLike, EventInterface, PubsubInterface},
     util::redis_keyslot,
 };
-use tokio::sync::{broadcast::error::RecvError, mpsc};
+use tokio::sync::broadcast::error::RecvError;
 
 use super::{RedisBroker, unavailable};
 use crate::{
-    broker::{BrokerError, BrokerEvent, wire},
+    broker::{BrokerError, BrokerEvent, Inbound, wire},
     metrics::{self, BrokerDrop, BrokerOp},
     protocol::Channel,
 };
@@ -51,7 +51,7 @@ pub(super) struct Shard {
 
 impl RedisBroker {
     /// Turns messages of one subscriber connection into node events.
-    pub(super) async fn receive(self, index: usize, events: mpsc::Sender<BrokerEvent>) {
+    pub(super) async fn receive(self, index: usize) {
         let shard = &self.inner.shards[index];
         let mut rx = shard.client.message_rx();
         let prefix = format!("{}:", self.inner.prefix);
@@ -80,19 +80,20 @@ impl RedisBroker {
                 continue;
             };
             let payload = msg.value.as_bytes().unwrap_or_default();
-            let envelope = match wire::decode(payload, crate::ids::message_id) {
-                Ok(e) => e,
+            let (envelope, position) = match wire::decode(payload, crate::ids::message_id) {
+                Ok(decoded) => decoded,
                 Err(e) => {
                     metrics::broker_dropped(e.metric(), 1);
                     invalid_log.warn(&channel, e);
                     continue;
                 }
             };
-            if events
-                .send(BrokerEvent { channel, envelope })
-                .await
-                .is_err()
-            {
+            let event = BrokerEvent {
+                channel,
+                envelope,
+                position,
+            };
+            if self.inner.events.send(Inbound::Event(event)).await.is_err() {
                 return;
             }
         }
@@ -134,6 +135,20 @@ impl RedisBroker {
             took_ms = started.elapsed().as_millis() as u64,
             "resubscribed after reconnect"
         );
+        // What was published while the connection was down never arrived:
+        // the node catches these channels up from history.
+        let prefix = format!("{}:", self.inner.prefix);
+        let channels: Vec<Channel> = wanted
+            .iter()
+            .filter_map(|n| n.strip_prefix(&prefix).and_then(Channel::parse))
+            .collect();
+        if !channels.is_empty() {
+            let _ = self
+                .inner
+                .events
+                .send(Inbound::Resubscribed(channels))
+                .await;
+        }
     }
 
     /// Adds `names` to the connection's wanted set and subscribes them.

@@ -16,11 +16,11 @@ use tokio::time::{Instant, sleep_until, timeout};
 use super::handshake;
 use crate::{
     auth::Credentials,
-    client::{self, Client, Outcome},
+    client::{self, Client, ConnectError, Connected, Outcome},
     config::Config,
     ids::jitter_ms,
     metrics::{self, Ended, Rejected, Transport},
-    protocol::{CloseReason, error_frame},
+    protocol::{CloseReason, Positions, error_frame},
     shutdown::Shutdown,
     state::AppState,
     transport::heartbeat_slot,
@@ -30,8 +30,12 @@ use crate::{
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// One connection, from upgrade to close.
-pub(super) async fn run(mut socket: WebSocket, state: AppState, creds: Option<Credentials>) {
-    let creds = match creds {
+pub(super) async fn run(
+    mut socket: WebSocket,
+    state: AppState,
+    creds: Option<(Credentials, Positions)>,
+) {
+    let (creds, since) = match creds {
         Some(c) => c,
         None => match handshake::authenticate(&mut socket, &state).await {
             Ok(c) => c,
@@ -48,9 +52,28 @@ pub(super) async fn run(mut socket: WebSocket, state: AppState, creds: Option<Cr
             }
         },
     };
-    let client = match Client::connect(&state.node, state.auth.clone(), creds).await {
+    let connected = Client::connect(
+        &state.node,
+        state.auth.clone(),
+        creds,
+        since,
+        state.cfg.heartbeat,
+    )
+    .await;
+    let Connected { client, welcome } = match connected {
         Ok(c) => c,
-        Err(e) => {
+        Err(ConnectError::Refused(e)) => {
+            metrics::connection_rejected(Rejected::AuthFailed);
+            let _ = timeout(state.cfg.write_timeout, socket.send(text(e.frame()))).await;
+            finish(
+                &mut socket,
+                CloseReason::Unauthorized,
+                state.cfg.write_timeout,
+            )
+            .await;
+            return;
+        }
+        Err(ConnectError::Unavailable(e)) => {
             tracing::warn!(error = %e, "cannot register connection");
             metrics::connection_rejected(Rejected::BrokerUnavailable);
             let _ = socket
@@ -73,7 +96,7 @@ pub(super) async fn run(mut socket: WebSocket, state: AppState, creds: Option<Cr
     let AppState { cfg, shutdown, .. } = state;
     let mut conn = Conn::new(socket, client, cfg);
     let write_timeout = conn.cfg.write_timeout;
-    let ended = match conn.serve(&shutdown).await {
+    let ended = match conn.serve(welcome, &shutdown).await {
         Some(reason) => {
             finish(&mut conn.socket, reason, write_timeout).await;
             Ended::Closed(reason)
@@ -192,8 +215,7 @@ impl Conn {
 
     /// Runs until the connection must end: `Some(reason)` to send a close,
     /// `None` when the client is gone or already closed.
-    async fn serve(&mut self, shutdown: &Shutdown) -> Option<CloseReason> {
-        let welcome = self.client.welcome(self.cfg.heartbeat);
+    async fn serve(&mut self, welcome: String, shutdown: &Shutdown) -> Option<CloseReason> {
         if self
             .write_with_timeout([text(welcome)], true)
             .await

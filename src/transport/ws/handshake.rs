@@ -9,16 +9,17 @@ use super::conn::{read_error_reason, text};
 use crate::{
     auth::Credentials,
     client,
-    protocol::{CloseReason, FrameError},
+    protocol::{CloseReason, FrameError, Positions},
     state::AppState,
 };
 
-/// Waits for the `auth` frame. On refusal the `error` frame has been sent
-/// and the reason to close with is returned.
+/// Waits for the `auth` frame: the credentials and where the client says
+/// it was. On refusal the `error` frame has been sent and the reason to
+/// close with is returned.
 pub(super) async fn authenticate(
     socket: &mut WebSocket,
     state: &AppState,
-) -> Result<Credentials, CloseReason> {
+) -> Result<(Credentials, Positions), CloseReason> {
     let deadline = Instant::now() + state.cfg.auth_timeout;
     let unauthorized = |e: FrameError| (e, CloseReason::Unauthorized);
     let (error, reason) = loop {
@@ -40,7 +41,7 @@ pub(super) async fn authenticate(
                 break (client::too_big(), CloseReason::MessageTooBig);
             }
             Some(Ok(Message::Text(t))) => match client::authenticate(&state.auth, &t) {
-                Ok(creds) => return Ok(creds),
+                Ok(authenticated) => return Ok(authenticated),
                 Err(e) => break unauthorized(e),
             },
             Some(Ok(Message::Binary(_))) => break unauthorized(client::binary()),

@@ -23,6 +23,7 @@ use crate::{
     config::Config,
     http_error::HttpError,
     metrics::{self, Rejected},
+    protocol::{ErrorCode, Positions, parse_since_compact},
     state::AppState,
 };
 
@@ -35,6 +36,9 @@ const HARD_FRAME_FACTOR: usize = 4;
 #[derive(Debug, Deserialize)]
 pub struct WsQuery {
     token: Option<String>,
+    /// Where the client was, to resume from, in the compact form
+    /// (`user:42~17~k3x9a,all~4~q1w2e`).
+    since: Option<String>,
 }
 
 /// `GET /ws`: checks Origin and `?token=`, then upgrades.
@@ -69,16 +73,25 @@ pub async fn handler(
             .into_response();
         }
     };
-    let token = match query {
-        Ok(Query(q)) => q.token,
+    let (token, since) = match query {
+        Ok(Query(q)) => (q.token, q.since),
         Err(rejection) => {
             metrics::connection_rejected(Rejected::BadRequest);
             return HttpError::bad_request("invalid_query", rejection.body_text()).into_response();
         }
     };
+    let since = match since.as_deref().map(parse_since_compact) {
+        None => Positions::new(),
+        Some(Ok(since)) => since,
+        Some(Err(message)) => {
+            metrics::connection_rejected(Rejected::BadRequest);
+            return HttpError::bad_request(ErrorCode::InvalidPosition.as_str(), message)
+                .into_response();
+        }
+    };
     let creds = match token.map(|t| state.auth.verify(&t)) {
         None => None,
-        Some(Ok(creds)) => Some(creds),
+        Some(Ok(creds)) => Some((creds, since)),
         Some(Err(e)) => {
             metrics::connection_rejected(Rejected::Unauthorized);
             return HttpError::from(e).into_response();
