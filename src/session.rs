@@ -107,6 +107,16 @@ struct Queue {
     close: Option<CloseReason>,
     /// Channels being recovered, with their live frames held back.
     recovering: Vec<Held>,
+    /// Where the session started on channels it has received nothing on
+    /// since: a message at or before it (delivered late by the node, after
+    /// being in flight or filled in from history) is not for this session.
+    /// An entry goes with the first message past it.
+    floors: Vec<Floor>,
+}
+
+struct Floor {
+    channel: Channel,
+    start: Position,
 }
 
 struct Held {
@@ -167,6 +177,19 @@ impl Session {
             position: Some(position.clone()),
         };
         let mut q = self.inner.queue.lock();
+        if !q.floors.is_empty() {
+            if let Some(i) = q.floors.iter().position(|f| f.channel == position.channel) {
+                let start = &q.floors[i].start;
+                if start.epoch == position.position.epoch
+                    && position.position.offset <= start.offset
+                {
+                    // Before where this session started: not a duplicate
+                    // to deliver.
+                    return Ok(());
+                }
+                q.floors.swap_remove(i);
+            }
+        }
         let held = q
             .recovering
             .iter()
@@ -255,6 +278,13 @@ impl Session {
         });
         for out in replay.into_iter().chain(after_top) {
             self.enqueue(&mut q, out)?;
+        }
+        q.floors.retain(|f| f.channel != *channel);
+        if top.offset > 0 {
+            q.floors.push(Floor {
+                channel: channel.clone(),
+                start: top.clone(),
+            });
         }
         drop(q);
         self.inner.wake.notify_one();
@@ -472,5 +502,30 @@ mod tests {
             Err(PushError::Full)
         );
         assert!(s.is_closing());
+    }
+
+    /// A message at or before where the session started, delivered late
+    /// (in flight, or filled in from history), is dropped; the first one
+    /// past the start ends the check.
+    #[test]
+    fn messages_before_the_start_are_not_delivered_late() {
+        let s = Session::new(1, "u".into(), 1 << 20);
+        let g = Channel::group("g");
+        s.begin_recovery(&g);
+        let top = Position::new(5, crate::protocol::Epoch::parse("e").unwrap());
+        s.finish_recovery(&g, &top, Vec::new()).unwrap();
+        for off in [4, 5, 6, 5] {
+            s.push_message(&frame(1), 0, &placed(&g, off, "e")).unwrap();
+        }
+        assert_eq!(offsets(&s.take()), [6, 5], "only until the start is passed");
+        s.begin_recovery(&g);
+        s.finish_recovery(&g, &top, Vec::new()).unwrap();
+        s.push_message(&frame(1), 0, &placed(&g, 1, "other"))
+            .unwrap();
+        assert_eq!(
+            offsets(&s.take()),
+            [1],
+            "another epoch is not before the start"
+        );
     }
 }

@@ -120,22 +120,34 @@ impl Node {
             }
             return;
         }
-        if let Some(last) = t.last.as_ref().filter(|l| l.epoch == position.epoch) {
-            if position.offset <= last.offset {
-                metrics::history_duplicate();
-                return;
+        // What this message must follow: the last one delivered, the start
+        // of a new epoch, or where sessions started before anything was
+        // delivered.
+        let after = match (&t.last, &t.floor) {
+            (Some(last), _) if last.epoch == position.epoch => {
+                if position.offset <= last.offset {
+                    metrics::history_duplicate();
+                    return;
+                }
+                Some(last.clone())
             }
-            if position.offset > last.offset + 1 {
-                // A gap: hold this channel's messages until it is filled.
-                let (since, limit) = (last.clone(), position.offset - last.offset);
-                let channel = event.channel.clone();
-                t.healing = Some(VecDeque::from([event]));
-                drop(tracked);
-                let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-                return self.heal(channel, since, limit, healed);
+            (Some(_), _) => Some(Position::new(0, position.epoch.clone())),
+            (None, Some(floor)) if floor.epoch == position.epoch => {
+                // At or before where sessions started: deliver, not a gap.
+                Some(floor.clone()).filter(|f| position.offset > f.offset)
             }
+            (None, _) => None,
+        };
+        if let Some(after) = after.filter(|a| position.offset > a.offset + 1) {
+            // A gap: hold this channel's messages until it is filled.
+            let limit = position.offset - after.offset;
+            let channel = event.channel.clone();
+            t.healing = Some(VecDeque::from([event]));
+            drop(tracked);
+            let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+            return self.heal(channel, after, limit, healed);
         }
-        // The next message, the first one seen, or a new epoch.
+        // The next message, the first one seen, or a new epoch's first.
         t.last = Some(position.clone());
         t.floor = None;
         drop(tracked);
@@ -223,8 +235,18 @@ impl Node {
                 }
                 metrics::gap_messages(GapResult::Healed, filled);
             }
+            Ok(History::Incomplete { top }) if top.epoch != h.since.epoch => {
+                // A new epoch since: what it has is all new to this node.
+                // Read it from its start (held events wait meanwhile).
+                let restart = Position::new(0, top.epoch.clone());
+                if let Some(t) = self.inner.tracked.lock().get_mut(&h.channel) {
+                    t.healing = Some(held);
+                }
+                let limit = usize::try_from(top.offset.max(1)).unwrap_or(usize::MAX);
+                return self.heal(h.channel, restart, limit, healed);
+            }
             Ok(History::Incomplete { top }) => {
-                if top.epoch == h.since.epoch && top.offset < h.since.offset {
+                if top.offset < h.since.offset {
                     // The channel went back to an offset already delivered:
                     // a failover lost writes. A new epoch tells every client
                     // its position is no longer valid.
@@ -243,6 +265,16 @@ impl Node {
         }
         for event in held {
             self.on_event(event, healed);
+        }
+    }
+
+    /// Forgets what the node knew of a channel's offsets, once it is no
+    /// longer (or newly) subscribed: deliveries before and after are not
+    /// one continuous stream. A fill in progress keeps its entry.
+    pub(super) fn forget_channel(&self, channel: &Channel) {
+        let mut tracked = self.inner.tracked.lock();
+        if tracked.get(channel).is_some_and(|t| t.healing.is_none()) {
+            tracked.remove(channel);
         }
     }
 

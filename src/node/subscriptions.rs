@@ -54,6 +54,9 @@ impl Node {
                 .await?;
             subs.insert(channel.clone());
             metrics::broker_subscriptions(1.0);
+            // Nothing connects what the node delivered before it was last
+            // subscribed with what comes now: start the channel afresh.
+            self.forget_channel(channel);
         }
         Ok(())
     }
@@ -85,6 +88,7 @@ impl Node {
     async fn unsubscribe_now(&self, subs: &mut Subscribed, channel: Channel) {
         if subs.remove(&channel) {
             metrics::broker_subscriptions(-1.0);
+            self.forget_channel(&channel);
             if let Err(e) = self
                 .inner
                 .broker

@@ -170,6 +170,24 @@ impl TestServer {
         c
     }
 
+    /// Connects with `?token=` and returns the welcome frame too.
+    pub async fn client_welcome(&self, uid: &str) -> (Client, Value) {
+        let mut c = Client::connect(&format!("{}?token={}", self.ws_url(), self.token(uid))).await;
+        let w = c.recv().await;
+        assert_eq!(w["type"], "welcome", "{w}");
+        (c, w)
+    }
+
+    /// Connects, authenticates with an `auth` frame carrying `since`, and
+    /// returns the first frame (welcome, or the error).
+    pub async fn resume(&self, uid: &str, since: Value) -> (Client, Value) {
+        let mut c = self.raw_client().await;
+        let first = c
+            .call(json!({"type": "auth", "token": self.token(uid), "since": since}))
+            .await;
+        (c, first)
+    }
+
     /// Connects without a token (auth by first frame).
     pub async fn raw_client(&self) -> Client {
         Client::connect(&self.ws_url()).await

@@ -137,12 +137,26 @@ impl FanoutProcess {
 
     /// A client of `uid` on this node, past its welcome frame.
     pub async fn client(&self, uid: &str) -> Client {
+        self.client_welcome(uid).await.0
+    }
+
+    /// A client of `uid` on this node, and its welcome frame.
+    pub async fn client_welcome(&self, uid: &str) -> (Client, Value) {
         let token = super::mint(uid);
         let mut c = Client::connect(&format!("ws://{}/ws?token={token}", self.addr)).await;
         let w = c.recv().await;
         assert_eq!(w["type"], "welcome", "{w}");
         assert_eq!(w["node"], self.node_id);
-        c
+        (c, w)
+    }
+
+    /// A client of `uid` that authenticates with `since`; its first frame.
+    pub async fn resume(&self, uid: &str, since: Value) -> (Client, Value) {
+        let mut c = Client::connect(&format!("ws://{}/ws", self.addr)).await;
+        let first = c
+            .call(json!({"type": "auth", "token": super::mint(uid), "since": since}))
+            .await;
+        (c, first)
     }
 
     pub async fn api(
