@@ -205,6 +205,7 @@ pub async fn spawn(settings: Settings, shutdown: Shutdown) -> anyhow::Result<App
 fn router(state: &AppState) -> Router {
     Router::new()
         .route("/ws", get(transport::ws::handler))
+        .route("/sse", get(transport::sse::handler))
         .nest("/api", api::router(state))
         .fallback(|| async { HttpError::not_found() })
         .method_not_allowed_fallback(|| async { HttpError::method_not_allowed() })

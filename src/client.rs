@@ -120,16 +120,27 @@ fn forbidden_join(id: Option<i64>, group: &str) -> FrameError {
     )
 }
 
-/// The groups a connection's `since` names, after checking that the token
-/// may read every channel it names: its own user channel, `all`, and groups
-/// the token allows joining (at most `max_groups`). Resuming never lets a
-/// client read a channel its token does not allow.
-pub fn check_since(
+/// The groups a connection starts in: `groups` and those its `since`
+/// names, after checking that the token may read every channel named: its
+/// own user channel, `all`, and groups the token allows joining (at most
+/// `max_groups`). Resuming never lets a client read a channel its token
+/// does not allow.
+pub fn check_start(
     creds: &Credentials,
+    groups: &[String],
     since: &Positions,
     max_groups: usize,
 ) -> Result<Vec<String>, ConnectError> {
-    let mut groups = Vec::new();
+    let mut all_groups: Vec<String> = Vec::new();
+    for group in groups {
+        if !creds.groups.allows(group) {
+            return Err(ConnectError::Refused(forbidden_join(None, group)));
+        }
+        if !all_groups.contains(group) {
+            all_groups.push(group.clone());
+        }
+    }
+    let mut groups = all_groups;
     for channel in since.keys() {
         match channel.kind() {
             ChannelKind::All => {}
@@ -145,7 +156,9 @@ pub fn check_since(
                 if !creds.groups.allows(group) {
                     return Err(ConnectError::Refused(forbidden_join(None, group)));
                 }
-                groups.push(group.to_owned());
+                if !groups.iter().any(|g| g == group) {
+                    groups.push(group.to_owned());
+                }
             }
         }
     }
@@ -228,27 +241,38 @@ pub enum ConnectError {
     Unavailable(NodeError),
 }
 
-/// A connection that started: the client, and its `welcome` frame.
+/// Where a connection starts: groups to join, and where the client says
+/// it was on its channels (to resume from).
+#[derive(Debug, Default)]
+pub struct Start {
+    pub groups: Vec<String>,
+    pub since: Positions,
+}
+
+/// A connection that started: the client, its `welcome` frame, and the
+/// positions welcome carries.
 #[derive(Debug)]
 pub struct Connected {
     pub client: Client,
     pub welcome: String,
+    pub positions: Positions,
 }
 
 impl Client {
     /// Registers the connection with the node (subscribing its user
-    /// channel if it is the user's first here), joins the groups `since`
-    /// names, and works out where it starts on each channel: from `since`,
-    /// replaying what it missed. Replayed and held messages are queued on
-    /// the session; the transport writes `welcome` first.
+    /// channel if it is the user's first here), joins `groups` and the
+    /// groups `since` names, and works out where it starts on each channel:
+    /// from `since`, replaying what it missed. Replayed and held messages
+    /// are queued on the session; the transport writes `welcome` first.
     pub async fn connect(
         node: &Node,
         auth: Arc<Authenticator>,
         creds: Credentials,
-        since: Positions,
+        start: Start,
         heartbeat: Duration,
     ) -> Result<Connected, ConnectError> {
-        let groups = check_since(&creds, &since, node.max_groups())?;
+        let Start { groups, since } = start;
+        let groups = check_start(&creds, &groups, &since, node.max_groups())?;
         let user = Channel::user(&creds.uid);
         let mut channels = vec![user.clone(), Channel::all()];
         channels.extend(groups.iter().map(|g| Channel::group(g)));
@@ -265,11 +289,20 @@ impl Client {
         };
         match client.start(&channels, &groups, &since).await {
             Ok(resumed) => {
-                let welcome = client.welcome(heartbeat, &channels, &since, &resumed);
+                let positions: Positions = channels
+                    .iter()
+                    .zip(&resumed)
+                    .map(|(c, r)| (c.clone(), r.top.clone()))
+                    .collect();
+                let welcome = client.welcome(heartbeat, &positions, &since, &channels, &resumed);
                 for (channel, r) in channels.iter().zip(resumed) {
                     r.finish(&client.session, channel);
                 }
-                Ok(Connected { client, welcome })
+                Ok(Connected {
+                    client,
+                    welcome,
+                    positions,
+                })
             }
             Err(e) => {
                 client.disconnect().await;
@@ -309,15 +342,11 @@ impl Client {
     fn welcome(
         &self,
         heartbeat: Duration,
-        channels: &[Channel],
+        positions: &Positions,
         since: &Positions,
+        channels: &[Channel],
         resumed: &[Resumed],
     ) -> String {
-        let positions: Positions = channels
-            .iter()
-            .zip(resumed)
-            .map(|(c, r)| (c.clone(), r.top.clone()))
-            .collect();
         let recovered: BTreeMap<Channel, bool> = channels
             .iter()
             .zip(resumed)
@@ -330,7 +359,7 @@ impl Client {
             node: self.node.id(),
             exp: self.creds.exp,
             heartbeat: heartbeat.as_secs(),
-            positions: &positions,
+            positions,
             recovered: (!since.is_empty()).then_some(&recovered),
         })
     }

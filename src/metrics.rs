@@ -201,14 +201,16 @@ impl GapResult {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
     WebSocket,
+    Sse,
 }
 
 impl Transport {
-    pub const ALL: [Self; 1] = [Self::WebSocket];
+    pub const ALL: [Self; 2] = [Self::WebSocket, Self::Sse];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::WebSocket => "websocket",
+            Self::Sse => "sse",
         }
     }
 }

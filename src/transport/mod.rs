@@ -19,6 +19,7 @@
 //! means; it moves frames and bytes. Every connection task is spawned on
 //! the shutdown tracker so the drain can wait for it.
 
+pub mod sse;
 pub mod ws;
 
 use std::{sync::OnceLock, time::Duration};

@@ -517,3 +517,75 @@ fn rand_id() -> i64 {
     static NEXT: AtomicI64 = AtomicI64::new(1_000_000);
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
+
+/// A Server-Sent Events reader over a real HTTP response, as `EventSource`
+/// reads one: events split on blank lines, comments skipped, `id:`,
+/// `retry:` and `data:` fields parsed.
+pub struct SseClient {
+    pub res: reqwest::Response,
+    buf: String,
+}
+
+/// One event of an SSE stream.
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub retry: Option<u64>,
+    pub data: Value,
+}
+
+impl SseClient {
+    pub fn new(res: reqwest::Response) -> Self {
+        Self {
+            res,
+            buf: String::new(),
+        }
+    }
+
+    /// The next event, or `None` when the stream ended.
+    pub async fn next(&mut self) -> Option<SseEvent> {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let mut event = SseEvent {
+                    id: None,
+                    retry: None,
+                    data: Value::Null,
+                };
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id: ") {
+                        event.id = Some(v.to_owned());
+                    } else if let Some(v) = line.strip_prefix("retry: ") {
+                        event.retry = v.parse().ok();
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        data.push_str(v);
+                    }
+                }
+                if data.is_empty() {
+                    continue; // a comment (keep-alive) or a bare retry
+                }
+                event.data = serde_json::from_str(&data).unwrap();
+                return Some(event);
+            }
+            let chunk = tokio::time::timeout(patience(), self.res.chunk())
+                .await
+                .expect("an event within the patience")
+                .expect("the stream reads");
+            match chunk {
+                Some(bytes) => self.buf.push_str(&String::from_utf8_lossy(&bytes)),
+                None => return None,
+            }
+        }
+    }
+
+    /// The next event whose frame is of `kind`.
+    pub async fn next_of(&mut self, kind: &str) -> SseEvent {
+        loop {
+            let e = self.next().await.expect("the stream is still open");
+            if e.data["type"] == kind {
+                return e;
+            }
+        }
+    }
+}

@@ -16,7 +16,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 use super::handshake;
 use crate::{
     auth::Credentials,
-    client::{self, Client, ConnectError, Connected, Outcome},
+    client::{self, Client, ConnectError, Connected, Outcome, Start},
     config::Config,
     ids::jitter_ms,
     metrics::{self, Ended, Rejected, Transport},
@@ -56,11 +56,16 @@ pub(super) async fn run(
         &state.node,
         state.auth.clone(),
         creds,
-        since,
+        Start {
+            groups: Vec::new(),
+            since,
+        },
         state.cfg.heartbeat,
     )
     .await;
-    let Connected { client, welcome } = match connected {
+    let Connected {
+        client, welcome, ..
+    } = match connected {
         Ok(c) => c,
         Err(ConnectError::Refused(e)) => {
             metrics::connection_rejected(Rejected::AuthFailed);
