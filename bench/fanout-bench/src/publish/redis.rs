@@ -284,12 +284,14 @@ impl Conn {
         self.settle_buffered(sent)
     }
 
-    /// The connection failed: every PUBLISH not answered yet failed.
+    /// The connection failed: every PUBLISH not answered yet failed. The
+    /// error is kept even when none was waiting, since the run ends early.
     fn fail_awaiting(&mut self, sent: &mut Sent, error: &io::Error) {
         let error = format!("reading Redis replies: {error}");
         for offset in std::mem::take(&mut self.awaiting) {
             fail(sent, offset, error.clone());
         }
+        note(sent, error);
     }
 }
 
