@@ -1,9 +1,10 @@
 //! Publishing from the coordinator: HTTP requests to the nodes (hyper, see
-//! `http`), PUBLISH straight to Redis, and a driver that publishes at a
-//! fixed rate or as fast as a number of requests in flight allows.
+//! `http`), PUBLISH straight to Redis (`redis`), and a driver that publishes
+//! at a fixed rate or as fast as a number of requests in flight allows.
+
+mod redis;
 
 use std::{
-    collections::VecDeque,
     net::SocketAddr,
     sync::{
         Arc,
@@ -14,17 +15,12 @@ use std::{
 
 use anyhow::Context;
 use bytes::Bytes;
-use fred::{
-    clients::Client,
-    interfaces::{ClientLike, PubsubInterface},
-    types::{Builder, Value, config::Config},
-};
 use hdrhistogram::Histogram;
 use hyper::StatusCode;
-use tokio::task::JoinHandle;
 
+use self::redis::RedisTarget;
 use crate::{
-    control::{Target, group, uid},
+    control::{Target, uid},
     http::{Conn, Endpoint},
     recorder::{latency_hist, unix_us},
 };
@@ -63,7 +59,7 @@ pub(crate) enum Publisher {
     /// One HTTP request per message.
     Http(Arc<HttpPublisher>),
     /// `PUBLISH <prefix>:user:<uid>` straight to Redis, pipelined.
-    Redis(RedisTarget),
+    Redis(Arc<RedisTarget>),
 }
 
 /// Publish endpoints of the nodes, used round robin: fanout's
@@ -72,45 +68,6 @@ pub(crate) enum Publisher {
 pub(crate) struct HttpPublisher {
     target: Target,
     endpoints: Vec<Endpoint>,
-}
-
-/// Where to PUBLISH: one fred client (one connection). Messages go out in
-/// pipelines (`Pipeline::try_all`), several in flight at once, so the load
-/// generator spends little per message and leaves the shared cores to the
-/// node.
-#[derive(Debug)]
-pub(crate) struct RedisTarget {
-    client: Client,
-    prefix: String,
-}
-
-impl RedisTarget {
-    /// Connects to `url` (any URL fred's `Config::from_url` reads:
-    /// `redis://[[user]:password@]host:port[/db]`, …; no TLS in this build); fails
-    /// here, not in the middle of a run.
-    async fn connect(url: &str, prefix: &str) -> anyhow::Result<Self> {
-        let config = Config::from_url(url).with_context(|| format!("--redis {url}"))?;
-        let client = Builder::from_config(config).build()?;
-        client
-            .init()
-            .await
-            .with_context(|| format!("connecting to Redis at {url}"))?;
-        Ok(Self {
-            client,
-            prefix: prefix.to_owned(),
-        })
-    }
-
-    /// The channel of a destination; a `Users` destination has one per
-    /// user, published separately (see `drive_pipelined`).
-    fn channel(&self, dest: Dest) -> String {
-        match dest {
-            Dest::User(i) => format!("{}:user:{}", self.prefix, uid(i)),
-            Dest::Users { first, .. } => format!("{}:user:{}", self.prefix, uid(first)),
-            Dest::Group(g) => format!("{}:group:{}", self.prefix, group(g, 1).unwrap_or_default()),
-            Dest::All => format!("{}:all", self.prefix),
-        }
-    }
 }
 
 impl Publisher {
@@ -132,7 +89,10 @@ impl Publisher {
     }
 
     pub(crate) async fn redis(url: &str, prefix: &str) -> anyhow::Result<Self> {
-        Ok(Self::Redis(RedisTarget::connect(url, prefix).await?))
+        let target = RedisTarget::parse(url, prefix)?;
+        // Fail here, not in the middle of a run; each drive connects anew.
+        drop(target.connect().await?);
+        Ok(Self::Redis(Arc::new(target)))
     }
 
     pub(crate) fn via(&self) -> &'static str {
@@ -249,7 +209,7 @@ pub(crate) async fn drive(
     dest_of: impl Fn(u64) -> Dest + Send + Sync + 'static,
 ) -> Sent {
     match &*publisher {
-        Publisher::Redis(target) => drive_pipelined(target, plan, dest_of).await,
+        Publisher::Redis(target) => redis::drive(target.clone(), plan, dest_of).await,
         Publisher::Http(http) => drive_http(http.clone(), plan, Arc::new(dest_of)).await,
     }
 }
@@ -376,128 +336,4 @@ where
         }
     }
     out
-}
-
-/// Messages whose replies have not been read yet, at most: bounds what is
-/// in flight.
-const MAX_OUTSTANDING: usize = 20_000;
-
-/// Messages per pipeline when publishing back to back.
-const BATCH: u64 = 1000;
-
-/// One pipeline in flight: the message offsets of its commands, in order,
-/// and the task waiting for its replies.
-type Batch = (
-    Vec<usize>,
-    JoinHandle<Vec<Result<Value, fred::error::Error>>>,
-);
-
-/// Publishes to Redis in pipelines: every millisecond (or, at rate 0, in
-/// batches of 1,000 as fast as Redis answers) the messages due are queued
-/// on a fred pipeline and sent at once; its replies are matched to the
-/// messages when it completes, with up to 20,000 messages in flight.
-async fn drive_pipelined(target: &RedisTarget, plan: Drive, dest_of: impl Fn(u64) -> Dest) -> Sent {
-    let start = Instant::now();
-    let mut sent = Sent {
-        sent: 0,
-        failed: 0,
-        errors: Vec::new(),
-        send_times: vec![0; plan.count as usize],
-        dests: Vec::with_capacity(plan.count as usize),
-        request_latency: latency_hist(),
-        elapsed: Duration::ZERO,
-    };
-    let padding = "x".repeat(plan.pad);
-    let mut in_flight: VecDeque<Batch> = VecDeque::new();
-    let mut outstanding = 0;
-    let mut i = 0u64;
-    while i < plan.count {
-        if plan.duration.is_some_and(|d| start.elapsed() >= d) {
-            break;
-        }
-        while in_flight.front().is_some_and(|b| b.1.is_finished()) || outstanding >= MAX_OUTSTANDING
-        {
-            let Some(batch) = in_flight.pop_front() else {
-                break;
-            };
-            outstanding -= batch.0.len();
-            settle_batch(&mut sent, batch).await;
-        }
-        let due = if plan.rate > 0.0 {
-            let due = (start.elapsed().as_secs_f64() * plan.rate) as u64 + 1;
-            if due <= i {
-                let next = Duration::from_secs_f64(i as f64 / plan.rate);
-                tokio::time::sleep(next.saturating_sub(start.elapsed())).await;
-                continue;
-            }
-            due.min(plan.count)
-        } else {
-            (i + BATCH).min(plan.count)
-        };
-        let t = unix_us();
-        let pipeline = target.client.pipeline();
-        let mut offsets = Vec::with_capacity((due - i) as usize);
-        for j in i..due {
-            let dest = dest_of(j);
-            let seq = plan.base_seq + j;
-            let msg =
-                format!(r#"{{"event":"bench","data":{{"s":{seq},"t":{t},"p":"{padding}"}}}}"#);
-            // Queues the command in memory; nothing can fail yet.
-            if let Dest::Users { .. } = dest {
-                // One PUBLISH per user (the channels differ).
-                for u in dest.users() {
-                    let channel = target.channel(Dest::User(u));
-                    let _: Result<(), _> = pipeline.publish(channel, msg.clone()).await;
-                    offsets.push(j as usize);
-                }
-                sent.dests.push(dest);
-                sent.send_times[j as usize] = t;
-                continue;
-            }
-            let _: Result<(), _> = pipeline.publish(target.channel(dest), msg).await;
-            sent.dests.push(dest);
-            sent.send_times[j as usize] = t;
-            offsets.push(j as usize);
-        }
-        outstanding += offsets.len();
-        let replies = tokio::spawn(async move { pipeline.try_all::<Value>().await });
-        in_flight.push_back((offsets, replies));
-        i = due;
-    }
-    for batch in in_flight {
-        settle_batch(&mut sent, batch).await;
-    }
-    sent.send_times.truncate(i as usize);
-    sent.sent = i - sent.failed;
-    sent.elapsed = start.elapsed();
-    sent
-}
-
-/// Waits for a pipeline's replies; a message whose PUBLISH failed is marked
-/// failed (send time 0).
-async fn settle_batch(sent: &mut Sent, (offsets, replies): Batch) {
-    let replies = match replies.await {
-        Ok(r) => r,
-        Err(e) => vec![Err(fred::error::Error::new(
-            fred::error::ErrorKind::Unknown,
-            format!("pipeline task: {e}"),
-        ))],
-    };
-    for (k, &o) in offsets.iter().enumerate() {
-        let error = match replies.get(k) {
-            Some(Ok(Value::Integer(_))) => continue,
-            Some(Ok(other)) => format!("PUBLISH answered {other:?}"),
-            Some(Err(e)) => format!("PUBLISH: {e}"),
-            None => "PUBLISH: no reply".to_owned(),
-        };
-        if let Some(t) = sent.send_times.get_mut(o)
-            && *t != 0
-        {
-            *t = 0;
-            sent.failed += 1;
-        }
-        if sent.errors.len() < 5 && !sent.errors.contains(&error) {
-            sent.errors.push(error);
-        }
-    }
 }
