@@ -319,7 +319,7 @@ async fn prometheus_scrapes_a_node() {
             query("up{job=\"fanout\"}").await["data"]["result"][0]["value"][1] == "1"
         );
         assert_eventually!(
-            query("fanout_connections_active{job=\"fanout\"}").await["data"]["result"][0]["value"]
+            query("sum(fanout_connections_active{job=\"fanout\"})").await["data"]["result"][0]["value"]
                 [1]
                 == "1"
         );
