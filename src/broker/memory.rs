@@ -219,7 +219,9 @@ mod tests {
     fn event(inbound: Inbound) -> BrokerEvent {
         match inbound {
             Inbound::Event(e) => e,
-            other @ Inbound::Resubscribed(_) => panic!("{other:?}"),
+            other @ (Inbound::Resubscribing(_) | Inbound::Resubscribed(_)) => {
+                panic!("{other:?}")
+            }
         }
     }
 

@@ -82,9 +82,12 @@ pub struct BrokerEvent {
 pub enum Inbound {
     /// Something published on a channel the node is subscribed to.
     Event(BrokerEvent),
-    /// These channels were subscribed again after a reconnect, a failover
-    /// or a cluster change: whatever was published on them meanwhile was
-    /// not received, and is to be caught up from history.
+    /// These channels are about to be subscribed again after a reconnect,
+    /// a failover or a cluster change: what arrives on them from now on
+    /// waits until they are caught up.
+    Resubscribing(Vec<Channel>),
+    /// These channels were subscribed again: whatever was published on
+    /// them while they were not is to be caught up from history.
     Resubscribed(Vec<Channel>),
 }
 

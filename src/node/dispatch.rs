@@ -51,6 +51,9 @@ pub(super) struct Tracked {
     /// Set while a gap is being filled: the events that arrived meanwhile,
     /// in order.
     healing: Option<VecDeque<BrokerEvent>>,
+    /// Held for a resubscribe: the catch-up read starts once the channel
+    /// is subscribed again.
+    awaiting_resubscribe: bool,
 }
 
 impl Tracked {
@@ -89,6 +92,7 @@ impl Node {
                         metrics::broker_received();
                         self.on_event(event, &healed_tx);
                     }
+                    Some(Inbound::Resubscribing(channels)) => self.hold(&channels),
                     Some(Inbound::Resubscribed(channels)) => self.catch_up(&channels, &healed_tx),
                     None => break,
                 },
@@ -175,6 +179,22 @@ impl Node {
         });
     }
 
+    /// Before a resubscribe: holds what arrives on these channels (on the
+    /// reconnected connection it could otherwise come before the catch-up
+    /// and be taken for a duplicate, or reveal a gap out of order).
+    fn hold(&self, channels: &[Channel]) {
+        let mut tracked = self.inner.tracked.lock();
+        for channel in channels {
+            let Some(t) = tracked.get_mut(channel) else {
+                continue;
+            };
+            if t.healing.is_none() && t.delivered().is_some() {
+                t.healing = Some(VecDeque::new());
+                t.awaiting_resubscribe = true;
+            }
+        }
+    }
+
     /// After a resubscribe: reads, for each channel it has delivered on (or
     /// sessions started from), what was published since.
     fn catch_up(&self, channels: &[Channel], healed: &mpsc::Sender<Healed>) {
@@ -185,12 +205,25 @@ impl Node {
                 let Some(t) = tracked.get_mut(channel) else {
                     continue;
                 };
-                if t.healing.is_some() {
-                    continue;
+                if t.healing.is_some() && !t.awaiting_resubscribe {
+                    continue; // a fill already under way covers it
                 }
-                if let Some(since) = t.last.clone().or_else(|| t.floor.clone()) {
-                    t.healing = Some(VecDeque::new());
-                    starts.push((channel.clone(), since));
+                t.awaiting_resubscribe = false;
+                match t.last.clone().or_else(|| t.floor.clone()) {
+                    Some(since) => {
+                        t.healing.get_or_insert_with(VecDeque::new);
+                        starts.push((channel.clone(), since));
+                    }
+                    None => {
+                        // Nothing to catch up from: let what was held go.
+                        if let Some(held) = t.healing.take() {
+                            drop(tracked);
+                            for e in held {
+                                self.on_event(e, healed);
+                            }
+                            tracked = self.inner.tracked.lock();
+                        }
+                    }
                 }
             }
         }

@@ -72,6 +72,11 @@ impl RedisServer {
         cli(self.port, args)
     }
 
+    /// Whether the server runs (was not killed).
+    pub fn alive(&self) -> bool {
+        self.inner.pid().is_some()
+    }
+
     /// SIGKILLs the server (an outage, not a clean shutdown).
     pub fn kill(&mut self) {
         self.inner.kill();
@@ -106,27 +111,67 @@ pub fn cli(port: u16, args: &[&str]) -> String {
     testkit::cli(port, args).expect("redis-cli runs")
 }
 
-/// A Redis Cluster of `masters` masters and no replicas.
+/// A Redis Cluster of `masters` masters and, optionally, replicas.
 pub struct RedisCluster {
     pub nodes: Vec<RedisServer>,
 }
 
 impl RedisCluster {
     pub fn start(masters: usize) -> Self {
-        let cluster = testkit::RedisCluster::start(masters, super::patience())
-            .unwrap_or_else(|e| panic!("{e}"));
+        Self::start_with_replicas(masters, 0)
+    }
+
+    /// `masters` masters with `replicas` replicas each.
+    pub fn start_with_replicas(masters: usize, replicas: usize) -> Self {
+        let cluster =
+            testkit::RedisCluster::start_with_replicas(masters, replicas, super::patience())
+                .unwrap_or_else(|e| panic!("{e}"));
         Self {
             nodes: cluster.nodes.into_iter().map(RedisServer::from).collect(),
         }
+    }
+
+    /// A replica of the master on `master`.
+    pub fn replica_of(&self, master: u16) -> Option<u16> {
+        let master_id = cli(master, &["CLUSTER", "MYID"]);
+        self.nodes
+            .iter()
+            .filter(|n| n.port != master && n.alive())
+            .find(|n| {
+                let id = n.cli(&["CLUSTER", "MYID"]);
+                n.cli(&["CLUSTER", "NODES"])
+                    .lines()
+                    .find(|l| l.starts_with(id.trim()))
+                    .is_some_and(|l| l.split_whitespace().nth(3) == Some(master_id.trim()))
+            })
+            .map(|n| n.port)
+    }
+
+    pub fn node_mut(&mut self, port: u16) -> &mut RedisServer {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .expect("a node on that port")
     }
 
     pub fn url(&self) -> String {
         format!("redis-cluster://127.0.0.1:{}", self.nodes[0].port)
     }
 
-    /// The node that owns `key`'s hash slot.
+    /// The node that owns `key`'s hash slot (of those still running).
     pub fn owner_of(&self, key: &str) -> u16 {
-        let ports: Vec<u16> = self.nodes.iter().map(|n| n.port).collect();
-        testkit::slot_owner(&ports, key).unwrap_or_else(|e| panic!("{e}"))
+        self.try_owner_of(key).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The node that owns `key`'s hash slot, or why none does right now
+    /// (during a failover).
+    pub fn try_owner_of(&self, key: &str) -> std::io::Result<u16> {
+        let ports: Vec<u16> = self
+            .nodes
+            .iter()
+            .filter(|n| n.alive())
+            .map(|n| n.port)
+            .collect();
+        testkit::slot_owner(&ports, key)
     }
 }

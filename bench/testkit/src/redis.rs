@@ -284,7 +284,8 @@ fn answers_ping(addr: SocketAddr) -> bool {
             .is_ok_and(|n| buf[..n].starts_with(b"+PONG") || buf[..n].starts_with(b"-NOAUTH"))
 }
 
-/// A Redis Cluster of masters without replicas, one [`RedisServer`] each.
+/// A Redis Cluster, one [`RedisServer`] per node: masters, and optionally
+/// replicas of them.
 #[derive(Debug)]
 pub struct RedisCluster {
     pub nodes: Vec<RedisServer>,
@@ -295,8 +296,19 @@ impl RedisCluster {
     /// `redis-cli --cluster create`, and waits (up to three times
     /// `patience`) until every node reports `cluster_state:ok`.
     pub fn start(masters: usize, patience: Duration) -> io::Result<Self> {
-        let mut nodes = Vec::with_capacity(masters);
-        for _ in 0..masters {
+        Self::start_with_replicas(masters, 0, patience)
+    }
+
+    /// As [`RedisCluster::start`], with `replicas` replicas per master
+    /// (`redis-cli` picks which server replicates which).
+    pub fn start_with_replicas(
+        masters: usize,
+        replicas: usize,
+        patience: Duration,
+    ) -> io::Result<Self> {
+        let count = masters * (1 + replicas);
+        let mut nodes = Vec::with_capacity(count);
+        for _ in 0..count {
             // The bus port is port + 10000 unless set: past 65535 for
             // ports from the ephemeral range.
             let bus = crate::free_port()?.to_string();
@@ -320,7 +332,7 @@ impl RedisCluster {
         let out = Command::new(cli_bin())
             .args(["--cluster", "create"])
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()?;
         if !out.status.success() {
             return Err(io::Error::other(format!(
@@ -355,8 +367,28 @@ impl RedisCluster {
 
     /// The port of the node that owns `key`'s hash slot.
     pub fn owner_of(&self, key: &str) -> io::Result<u16> {
-        let ports: Vec<u16> = self.nodes.iter().map(|n| n.port).collect();
+        let ports: Vec<u16> = self
+            .nodes
+            .iter()
+            .filter(|n| n.pid().is_some())
+            .map(|n| n.port)
+            .collect();
         slot_owner(&ports, key)
+    }
+
+    /// The port of a replica of the master on `master_port`, if it has one.
+    pub fn replica_of(&self, master_port: u16) -> io::Result<Option<u16>> {
+        let master_id = cli(master_port, &["CLUSTER", "MYID"])?;
+        let master_id = master_id.trim();
+        for n in self.nodes.iter().filter(|n| n.port != master_port) {
+            let info = n.cli(&["CLUSTER", "NODES"])?;
+            let id = n.cli(&["CLUSTER", "MYID"])?;
+            let mine = info.lines().find(|l| l.starts_with(id.trim()));
+            if mine.is_some_and(|l| l.split_whitespace().nth(3) == Some(master_id)) {
+                return Ok(Some(n.port));
+            }
+        }
+        Ok(None)
     }
 }
 

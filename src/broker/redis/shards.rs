@@ -119,6 +119,21 @@ impl RedisBroker {
     pub(super) async fn resubscribe_all(&self, shard: &Shard) {
         let started = Instant::now();
         let mut wanted: Vec<String> = shard.wanted.lock().iter().cloned().collect();
+        // What was published while the connection was down never arrived:
+        // the node holds these channels' messages from now on, and catches
+        // them up from history once they are subscribed again.
+        let prefix = format!("{}:", self.inner.prefix);
+        let channels: Vec<Channel> = wanted
+            .iter()
+            .filter_map(|n| n.strip_prefix(&prefix).and_then(Channel::parse))
+            .collect();
+        if !channels.is_empty() {
+            let _ = self
+                .inner
+                .events
+                .send(Inbound::Resubscribing(channels.clone()))
+                .await;
+        }
         wanted.push(shard.probe_channel.clone());
         let mut failed = 0;
         for chunk in wanted.chunks(RESUBSCRIBE_CHUNK) {
@@ -135,13 +150,6 @@ impl RedisBroker {
             took_ms = started.elapsed().as_millis() as u64,
             "resubscribed after reconnect"
         );
-        // What was published while the connection was down never arrived:
-        // the node catches these channels up from history.
-        let prefix = format!("{}:", self.inner.prefix);
-        let channels: Vec<Channel> = wanted
-            .iter()
-            .filter_map(|n| n.strip_prefix(&prefix).and_then(Channel::parse))
-            .collect();
         if !channels.is_empty() {
             let _ = self
                 .inner
