@@ -130,6 +130,37 @@ async fn history_lost_with_redis_means_a_new_epoch() {
     assert_eq!((&m["id"], &m["epoch"]), (&live["id"], &now["epoch"]));
 }
 
+/// A Redis that restarts empty has lost the function library too. The
+/// nodes load it again as soon as they reconnect, without waiting for a
+/// publish or a client of their own: a backend's `FCALL fanout_publish`
+/// works again without anyone touching a node.
+#[tokio::test]
+async fn nodes_reload_the_library_into_a_restarted_redis() {
+    if !support::redis::available() {
+        return;
+    }
+    let mut redis = RedisServer::start();
+    let _a = node("a", &redis.url(), &[]);
+    redis.kill();
+    redis.restart();
+    let fcall = || {
+        redis.cli(&[
+            "FCALL",
+            "fanout_publish",
+            "2",
+            "{fanout:user:r1}:h",
+            "{fanout:user:r1}:m",
+            "fanout:user:r1",
+            r#"{"data":1}"#,
+        ])
+    };
+    assert_eventually!(
+        fcall().lines().next().is_some_and(|l| l.trim() == "1"),
+        "last reply: {}",
+        fcall()
+    );
+}
+
 /// While a node's pub/sub connections reconnect, publishes still succeed
 /// (the publisher's connection is fine) and their messages never reach
 /// the node live. The node fills the gap from history after it
@@ -243,6 +274,61 @@ async fn backends_publish_through_fcall_or_plain_publish() {
         "fcall-1",
         "only kept messages replay"
     );
+}
+
+/// `FCALL fanout_publish` with a body that has no `id` or `ts`: Redis
+/// fills them in, so every node and every replay shows the same message
+/// the same way (a client deduplicating by id sees one message). A body
+/// that is not a JSON object, or has an `id` of the wrong type, is refused
+/// with an error and kept nowhere.
+#[tokio::test]
+async fn fcall_without_an_id_gets_one_id_everywhere() {
+    if !support::redis::available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let (a, b) = (node("a", &redis.url(), &[]), node("b", &redis.url(), &[]));
+    let (mut on_a, welcome) = a.client_welcome("f1").await;
+    let start = welcome["positions"]["user:f1"].clone();
+    let mut on_b = b.client("f1").await;
+    let fcall = |body: &str| {
+        redis.cli(&[
+            "FCALL",
+            "fanout_publish",
+            "2",
+            "{fanout:user:f1}:h",
+            "{fanout:user:f1}:m",
+            "fanout:user:f1",
+            body,
+        ])
+    };
+    for bad in [
+        r#"{"data":1"#,
+        r#"{"id":5}"#,
+        r#"{"id":""}"#,
+        r#"{"ts":-1}"#,
+    ] {
+        let reply = fcall(bad);
+        assert!(reply.contains("ERR fanout_publish"), "{bad}: {reply}");
+    }
+    fcall(r#"{"event":"direct","data":{"n":1}}"#);
+    fcall(r#"{"id":"mine","data":2}"#);
+    let (m1, m2) = (next_message(&mut on_a).await, next_message(&mut on_b).await);
+    assert_eq!(m1["offset"], 1, "the refused bodies took no offset: {m1}");
+    assert_eq!(m1, m2, "both nodes show the same frame");
+    assert!(m1["id"].as_str().is_some_and(|id| !id.is_empty()), "{m1}");
+    assert!(m1["ts"].as_u64().is_some_and(|ts| ts > 0), "{m1}");
+    let own = next_message(&mut on_a).await;
+    assert_eq!((&own["id"], own["ts"].is_u64()), (&json!("mine"), true));
+    drop(on_a);
+    let (mut again, welcome) = a.resume("f1", json!({"user:f1": start})).await;
+    assert_eq!(welcome["recovered"], json!({"user:f1": true}), "{welcome}");
+    assert_eq!(
+        next_message(&mut again).await,
+        m1,
+        "the replay is the same frame"
+    );
+    assert_eq!(next_message(&mut again).await["id"], "mine");
 }
 
 /// The hard case through Redis: a client keeps reconnecting, to one node

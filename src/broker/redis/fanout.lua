@@ -86,11 +86,34 @@ local function number(value, default)
   return n
 end
 
+-- What a body from a backend lacks: `id` and `ts` fields to add (nil when
+-- it has them), or nil and an error. A node's own bodies start with both
+-- and skip the JSON parse; a backend's are parsed, so that every node and
+-- every replay shows the same id and timestamp for one message.
+local function missing_fields(rest)
+  if string.match(rest, '^"id":"[^"\\]*","ts":%d+[,}]') then
+    return false, false
+  end
+  local ok, object = pcall(cjson.decode, '{' .. rest)
+  if not ok or type(object) ~= 'table' then
+    return nil, nil, 'the body must be a JSON object'
+  end
+  local id, ts = object['id'], object['ts']
+  if id ~= nil and (type(id) ~= 'string' or #id == 0 or #id > 128) then
+    return nil, nil, '"id" must be a string of 1 to 128 bytes'
+  end
+  if ts ~= nil and (type(ts) ~= 'number' or ts < 0 or ts ~= math.floor(ts)) then
+    return nil, nil, '"ts" must be a non-negative integer'
+  end
+  return id == nil, ts == nil
+end
+
 -- FCALL fanout_publish 2 <stream> <meta> <channel> <body> [size ttl_ms
 --   meta_ttl_ms sharded idempotency_key idempotency_ttl_ms]
 -- <body> is a JSON object; the published and stored body is the same
--- object with "offset" and "epoch" first. Returns {offset, epoch,
--- receivers, repeated (1 when the idempotency key was seen)}.
+-- object with "offset" and "epoch" first, and "id" and "ts" after them
+-- when it had none. Returns {offset, epoch, receivers, repeated (1 when
+-- the idempotency key was seen)}.
 local function publish(keys, args)
   local channel, body = args[1], args[2]
   local kind = kind_of(channel or '')
@@ -100,6 +123,10 @@ local function publish(keys, args)
   local rest = string.match(body or '', '^%s*{(.*)$')
   if rest == nil then
     return redis.error_reply('ERR fanout_publish: the body must be a JSON object')
+  end
+  local needs_id, needs_ts, invalid = missing_fields(rest)
+  if invalid then
+    return redis.error_reply('ERR fanout_publish: ' .. invalid)
   end
   local size = number(args[3], DEFAULTS[kind].size)
   local ttl = number(args[4], DEFAULTS[kind].ttl)
@@ -124,6 +151,13 @@ local function publish(keys, args)
   local epoch = meta(keys, meta_ttl)
   local offset = redis.call('HINCRBY', keys[2], 'o', 1)
   local head = '{"offset":' .. offset .. ',"epoch":"' .. epoch .. '"'
+  if needs_id then
+    -- Unique per channel and epoch; the channel's hash tells channels apart.
+    head = head .. ',"id":"' .. string.sub(redis.sha1hex(channel), 1, 10) .. '-' .. epoch .. '-' .. offset .. '"'
+  end
+  if needs_ts then
+    head = head .. ',"ts":' .. now_ms()
+  end
   local full
   if string.match(rest, '^%s*}') then
     full = head .. '}'

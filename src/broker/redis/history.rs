@@ -11,7 +11,13 @@
 
 use std::time::Duration;
 
-use fred::{bytes::Bytes, error::Error as FredError, interfaces::FunctionInterface, types::Value};
+use fred::{
+    bytes::Bytes,
+    error::Error as FredError,
+    interfaces::{EventInterface, FunctionInterface},
+    types::Value,
+};
+use tokio::sync::broadcast::error::RecvError;
 
 use super::{RedisBroker, unavailable};
 use crate::{
@@ -21,6 +27,10 @@ use crate::{
 };
 
 const LIBRARY: &str = include_str!("fanout.lua");
+
+/// Attempts at reloading the library after a reconnect, 100 ms apart and
+/// doubling up to 2 s (Redis may still be loading its data).
+const RELOAD_ATTEMPTS: u32 = 8;
 
 /// The library's source with this node's history settings as its
 /// defaults (what a backend's `FCALL fanout_publish` without them uses).
@@ -94,6 +104,37 @@ impl RedisBroker {
                 .map(|_| ())
         };
         r.map_err(|e| unavailable(&e))
+    }
+
+    /// Loads the library again after every reconnect of the publishing
+    /// connection: a Redis that restarted empty has lost it, and a backend
+    /// calling `fanout_publish` itself must not have to wait until a node's
+    /// own call notices.
+    pub(super) async fn library_keeper(self) {
+        let mut reconnects = self.inner.publisher.reconnect_rx();
+        loop {
+            tokio::select! {
+                () = self.inner.stop.cancelled() => return,
+                r = reconnects.recv() => if matches!(r, Err(RecvError::Closed)) { return },
+            }
+            let mut wait = Duration::from_millis(100);
+            for attempt in 1..=RELOAD_ATTEMPTS {
+                match self.load_library().await {
+                    Ok(()) => break,
+                    Err(e) if attempt == RELOAD_ATTEMPTS => tracing::warn!(
+                        error = %e,
+                        "could not load the fanout function library after a reconnect; \
+                         the next history call loads it"
+                    ),
+                    Err(_) => {}
+                }
+                tokio::select! {
+                    () = self.inner.stop.cancelled() => return,
+                    () = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+        }
     }
 
     /// `FCALL <function>` with the channel's two keys (and `extra` keys),

@@ -183,6 +183,7 @@ impl RedisBroker {
         tracker.spawn(broker.clone().batcher(ops_rx));
         tracker.spawn(broker.clone().prober(opts.probe_interval));
         tracker.spawn(broker.clone().watch_connection());
+        tracker.spawn(broker.clone().library_keeper());
         Ok(broker)
     }
 
