@@ -279,8 +279,9 @@ async fn backends_publish_through_fcall_or_plain_publish() {
 /// `FCALL fanout_publish` with a body that has no `id` or `ts`: Redis
 /// fills them in, so every node and every replay shows the same message
 /// the same way (a client deduplicating by id sees one message). A body
-/// that is not a JSON object, or has an `id` of the wrong type, is refused
-/// with an error and kept nowhere.
+/// the nodes could not deliver (not a JSON object, a field of the wrong
+/// type, a command) is refused with an error, kept nowhere and takes no
+/// offset, so it cannot stop a later resume.
 #[tokio::test]
 async fn fcall_without_an_id_gets_one_id_everywhere() {
     if !support::redis::available() {
@@ -307,19 +308,32 @@ async fn fcall_without_an_id_gets_one_id_everywhere() {
         r#"{"id":5}"#,
         r#"{"id":""}"#,
         r#"{"ts":-1}"#,
+        r#"[1]"#,
+        r#"{"ts":1.5}"#,
+        r#"{"event":""}"#,
+        r#"{"from":"bad uid"}"#,
+        r#"{"cmd":"disconnect"}"#,
+        r#"{"offset":7,"epoch":"x","data":1}"#,
     ] {
         let reply = fcall(bad);
         assert!(reply.contains("ERR fanout_publish"), "{bad}: {reply}");
     }
     fcall(r#"{"event":"direct","data":{"n":1}}"#);
-    fcall(r#"{"id":"mine","data":2}"#);
+    fcall(r#"{"id":"mine","data":2,"from":"u-1@x.y/z","ts":1796604715351}"#);
     let (m1, m2) = (next_message(&mut on_a).await, next_message(&mut on_b).await);
     assert_eq!(m1["offset"], 1, "the refused bodies took no offset: {m1}");
     assert_eq!(m1, m2, "both nodes show the same frame");
     assert!(m1["id"].as_str().is_some_and(|id| !id.is_empty()), "{m1}");
     assert!(m1["ts"].as_u64().is_some_and(|ts| ts > 0), "{m1}");
     let own = next_message(&mut on_a).await;
-    assert_eq!((&own["id"], own["ts"].is_u64()), (&json!("mine"), true));
+    assert_eq!(
+        (&own["id"], &own["from"], &own["ts"]),
+        (
+            &json!("mine"),
+            &json!("u-1@x.y/z"),
+            &json!(1796604715351u64)
+        )
+    );
     drop(on_a);
     let (mut again, welcome) = a.resume("f1", json!({"user:f1": start})).await;
     assert_eq!(welcome["recovered"], json!({"user:f1": true}), "{welcome}");

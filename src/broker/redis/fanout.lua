@@ -86,10 +86,18 @@ local function number(value, default)
   return n
 end
 
--- What a body from a backend lacks: `id` and `ts` fields to add (nil when
--- it has them), or nil and an error. A node's own bodies start with both
--- and skip the JSON parse; a backend's are parsed, so that every node and
--- every replay shows the same id and timestamp for one message.
+-- Largest body the nodes accept (MAX_BODY in src/broker/wire.rs).
+local MAX_BODY = 16 * 1024 * 1024
+
+local function is_name(s)
+  return type(s) == 'string' and #s >= 1 and #s <= 128 and string.match(s, '^[%w_%.:@=+/%-]+$') ~= nil
+end
+
+-- What a body from a backend lacks: whether to add `id` and `ts`, or nil
+-- and why it is refused. A node's own bodies start with both and skip the
+-- JSON parse. A backend's are parsed and checked as the nodes check them,
+-- so that nothing is kept that no node could deliver (a resume would stop
+-- there), and every node and every replay shows the same id and timestamp.
 local function missing_fields(rest)
   if string.match(rest, '^"id":"[^"\\]*","ts":%d+[,}]') then
     return false, false
@@ -98,12 +106,24 @@ local function missing_fields(rest)
   if not ok or type(object) ~= 'table' then
     return nil, nil, 'the body must be a JSON object'
   end
-  local id, ts = object['id'], object['ts']
+  if object['cmd'] ~= nil then
+    return nil, nil, 'commands ("cmd") are published with PUBLISH, not kept'
+  end
+  if object['offset'] ~= nil or object['epoch'] ~= nil then
+    return nil, nil, '"offset" and "epoch" are written by fanout_publish'
+  end
+  local id, ts, event, from = object['id'], object['ts'], object['event'], object['from']
   if id ~= nil and (type(id) ~= 'string' or #id == 0 or #id > 128) then
     return nil, nil, '"id" must be a string of 1 to 128 bytes'
   end
-  if ts ~= nil and (type(ts) ~= 'number' or ts < 0 or ts ~= math.floor(ts)) then
+  if ts ~= nil and (type(ts) ~= 'number' or ts < 0 or ts ~= math.floor(ts) or ts > 9007199254740991) then
     return nil, nil, '"ts" must be a non-negative integer'
+  end
+  if event ~= nil and (type(event) ~= 'string' or #event == 0 or #event > 128) then
+    return nil, nil, '"event" must be a string of 1 to 128 bytes'
+  end
+  if from ~= nil and not is_name(from) then
+    return nil, nil, '"from" must be a uid: 1 to 128 characters of A-Za-z0-9_.:@=+/-'
   end
   return id == nil, ts == nil
 end
@@ -119,6 +139,9 @@ local function publish(keys, args)
   local kind = kind_of(channel or '')
   if kind == nil then
     return redis.error_reply('ERR fanout_publish: channel must be <prefix>:user:<uid>, <prefix>:group:<name> or <prefix>:all')
+  end
+  if body ~= nil and #body > MAX_BODY then
+    return redis.error_reply('ERR fanout_publish: the body is larger than 16 MiB')
   end
   local rest = string.match(body or '', '^%s*{(.*)$')
   if rest == nil then
