@@ -237,6 +237,20 @@ async fn redis_outage_keeps_clients_and_recovers() {
         on_a.call(json!({"type": "ping", "id": 1})).await["type"],
         "pong"
     );
+    // A new connection needs Redis for its positions, even one of a user
+    // the node already holds, and so does a resume: told to come back.
+    let token = support::mint("u");
+    let mut second = Client::connect(&format!("ws://{}/ws?token={token}", a.addr)).await;
+    let bye = second.expect_bye("unavailable", 3004).await;
+    assert!(
+        bye["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0),
+        "{bye}"
+    );
+    let (mut resuming, first) = a
+        .resume("u", json!({"user:u": {"offset": 1, "epoch": "e"}}))
+        .await;
+    assert_eq!(first["code"], "broker_unavailable", "{first}");
+    resuming.expect_bye("unavailable", 3004).await;
 
     redis.restart();
     assert_eventually!(a.internal_get("/readyz").await.0 == 200);

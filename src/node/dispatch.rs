@@ -35,6 +35,12 @@ const HEAL_LIMIT: usize = 10_000;
 /// Most events of one channel held while its gap is filled; beyond it the
 /// fill is given up and the held events are delivered as they are.
 const MAX_HELD: usize = 10_000;
+/// A history read for a fill that finds Redis unavailable is tried again
+/// after 100 ms, then twice as long each time up to 2 s, 8 times in all
+/// (about 9 s) before the fill is given up.
+const HEAL_ATTEMPTS: u32 = 8;
+const HEAL_RETRY_FIRST: Duration = Duration::from_millis(100);
+const HEAL_RETRY_MAX: Duration = Duration::from_secs(2);
 /// How often entries of channels with no local subscriber are forgotten.
 const PRUNE_EVERY: Duration = Duration::from_secs(30);
 /// Fills in flight whose results wait for the dispatcher.
@@ -164,11 +170,25 @@ impl Node {
         let node = self.clone();
         let healed = healed.clone();
         tokio::spawn(async move {
-            let result = node
-                .inner
-                .broker
-                .history(&channel, &since, limit.min(HEAL_LIMIT))
-                .await;
+            // Redis may be back for the pub/sub connection before it is for
+            // the one that reads history: retry a while before giving up.
+            let mut wait = HEAL_RETRY_FIRST;
+            let mut attempts = 1;
+            let result = loop {
+                let r = node
+                    .inner
+                    .broker
+                    .history(&channel, &since, limit.min(HEAL_LIMIT))
+                    .await;
+                match r {
+                    Err(BrokerError::Unavailable(_)) if attempts < HEAL_ATTEMPTS => {
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(HEAL_RETRY_MAX);
+                        attempts += 1;
+                    }
+                    r => break r,
+                }
+            };
             let _ = healed
                 .send(Healed {
                     channel,
