@@ -5,7 +5,7 @@ CARGO ?= cargo
 LISTEN ?= 127.0.0.1:8080
 INTERNAL ?= 127.0.0.1:9090
 
-.PHONY: run build test fmt fmt-check lint unit-test ensure-redis ensure-node helm-lint bench bench-compare
+.PHONY: run build test fmt fmt-check lint unit-test ensure-redis ensure-node ensure-examples helm-lint bench bench-compare
 
 ## Build and start a development node (generated secret and API key, printed).
 run:
@@ -32,7 +32,7 @@ lint:
 # FANOUT_REQUIRE_* set, anything missing fails the tests instead of skipping.
 # --workspace also builds the server's `fanout` binary, which the bench's
 # smoke test (bench/fanout-bench/tests/bench.rs) starts its nodes from.
-unit-test: ensure-redis ensure-node
+unit-test: ensure-redis ensure-node ensure-examples
 	@bin=$$(.ci/ensure-prometheus.sh) && \
 	export PROMTOOL_BIN="$$bin/promtool" PROMETHEUS_BIN="$$bin/prometheus" \
 		FANOUT_REQUIRE_REDIS=1 FANOUT_REQUIRE_TOOLS=1 && \
@@ -49,6 +49,11 @@ ensure-redis:
 # its CI smoke run).
 ensure-node:
 	@.ci/ensure-node.sh
+
+# PHP (phpredis, predis) and Python's redis module: the examples in
+# examples/ are run by tests/examples.rs.
+ensure-examples:
+	@.ci/ensure-examples.sh
 
 ## The default benchmark suite for a 2-core machine (docs/benchmarks.md):
 ## starts its own redis-server and fanout nodes, prints one table.
