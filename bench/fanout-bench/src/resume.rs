@@ -143,6 +143,9 @@ pub(crate) async fn run(spec: ResumeSpec, sinks: Sinks, gate: Arc<Semaphore>) {
             .read(&mut tracker, &ledger, recorder, &mut signal)
             .await;
         ledger.connected.fetch_sub(1, Ordering::Relaxed);
+        // Closed now, not after the wait: the node waits for its clients'
+        // sockets to close before it exits.
+        drop(conn);
         let wait = match end {
             End::Stop => return,
             End::Closed {
@@ -438,6 +441,8 @@ impl Conn {
                     Some(Ok(Message::Text(t))) => return Ok(Some((t.as_str().to_owned(), None))),
                     Some(Ok(Message::Close(frame))) => {
                         recorder.closed(frame.map_or(0, |f| u16::from(f.code)));
+                        // Sends the close reply tungstenite queued.
+                        let _ = timeout(Duration::from_secs(1), ws.flush()).await;
                         return Ok(None);
                     }
                     Some(Ok(_)) => {}
