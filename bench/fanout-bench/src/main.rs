@@ -15,6 +15,8 @@
 //! - `http`: keep-alive HTTP/1.1 connections on hyper's client.
 //! - `publish`: HTTP and Redis publishers and the rate driver.
 //! - `scenario`: idle, broadcast, steady, storm, publish-api.
+//! - `rolling`, `resume`, `ledger`: the rolling-restart scenario, its
+//!   resuming WebSocket and SSE clients, and what they keep and count.
 //! - `deploy`, `suite`: the default suite and the Socket.IO comparison,
 //!   which start their own Redis and nodes.
 //! - `procstat`, `report`: /proc readings; tables and JSON.

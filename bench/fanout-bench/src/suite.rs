@@ -24,7 +24,8 @@ pub(crate) struct SuiteArgs {
     quick: bool,
     /// Run only these scenarios (comma-separated names from the table's
     /// first column, e.g. `broadcast,storm`; suite also knows
-    /// `broadcast-paced`, `broadcast-redis` and `publish-api-1000`).
+    /// `broadcast-paced`, `broadcast-redis`, `publish-api-1000`,
+    /// `steady-history` (history on and off) and `steady-history-on`/`-off`).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// The fanout binary (default: next to fanout-bench, else on PATH).
