@@ -89,7 +89,7 @@ impl Shared {
         };
     }
 
-    fn outcome(&self, result: Result<(), String>) {
+    pub(crate) fn outcome(&self, result: Result<(), String>) {
         let mut t = self.outcomes.lock();
         t.last = Instant::now();
         match result {
@@ -189,7 +189,7 @@ struct Claims<'a> {
     groups: [&'a str; 1],
 }
 
-fn mint(secret: &str, uid: &str) -> Result<String, String> {
+pub(crate) fn mint(secret: &str, uid: &str) -> Result<String, String> {
     let exp = crate::recorder::unix_us() / 1_000_000 + 24 * 3600;
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),

@@ -2,8 +2,6 @@
 //! one JSON object per line, commands on the worker's stdin, events on its
 //! stdout. Workers log to stderr only.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
 /// Which server the clients talk to.
@@ -52,10 +50,37 @@ pub(crate) fn group(i: u64, group_size: u64) -> Option<String> {
     (group_size > 0).then(|| format!("g{}", i / group_size))
 }
 
+/// The resuming clients one worker opens (the `rolling` scenario): client
+/// `i` is user `u<i>` in group `g<i / group_size>`, on SSE when `i % 100 <
+/// sse_percent` and on WebSocket otherwise, first connected to node `i %
+/// nodes`. Each keeps its positions, resumes with them on whichever node
+/// takes it next, and de-duplicates by message id.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ResumePlan {
+    /// `host:port` of every node (`ws://` and `http://` alike).
+    pub(crate) nodes: Vec<String>,
+    pub(crate) sources: Vec<String>,
+    pub(crate) first: u64,
+    pub(crate) count: u64,
+    pub(crate) group_size: u64,
+    pub(crate) secret: String,
+    pub(crate) concurrency: usize,
+    pub(crate) connect_timeout_ms: u64,
+    /// Percentage of clients on SSE (0–100).
+    pub(crate) sse_percent: u8,
+    /// Longest a client waits before reconnecting, whatever
+    /// `retry_after_ms` says.
+    pub(crate) retry_cap_ms: u64,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub(crate) enum Command {
     Connect(ConnectPlan),
+    /// Open resuming clients (see [`ResumePlan`]).
+    Resume(ResumePlan),
+    /// The phase report plus what the resuming clients saw.
+    ResumeReport,
     /// Start counting deliveries of sequence numbers `base .. base + len`.
     Phase {
         base: u64,
@@ -78,6 +103,7 @@ pub(crate) enum Event {
     Ready,
     Progress { received: u64 },
     Report(PhaseReport),
+    Resume(Box<ResumeReport>),
     Closed,
 }
 
@@ -107,6 +133,50 @@ pub(crate) struct PhaseReport {
     pub(crate) latency: Vec<(u64, u64)>,
     /// Connections open now.
     pub(crate) open: u64,
-    /// Connections the server closed, by close code (0: no close frame).
-    pub(crate) closed_by_code: BTreeMap<u16, u64>,
+    /// Connections the server closed, by close code (0: no close frame):
+    /// `[code, connections]` pairs. A list, not a map: the events are an
+    /// internally tagged enum, and serde cannot read integer map keys back
+    /// through one.
+    pub(crate) closed_by_code: Vec<(u16, u64)>,
+}
+
+/// What the resuming clients of one worker saw in the current phase, as
+/// the application sees it: deliveries after de-duplication by message id
+/// are in `phase` (so a message that arrived under two ids counts twice
+/// there); frames whose id the client already had are only counted here.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub(crate) struct ResumeReport {
+    pub(crate) phase: PhaseReport,
+    /// Message frames whose id the client had already received.
+    pub(crate) raw_duplicates: u64,
+    /// `(client, channel)` for every channel a resume answered with
+    /// `recovered: false` (the first 50).
+    pub(crate) unrecovered: Vec<(u64, String)>,
+    /// All such answers, and the clients that got at least one.
+    pub(crate) unrecovered_total: u64,
+    pub(crate) unrecovered_clients: u64,
+    /// Connections opened after each client's first one, and of them those
+    /// that gave positions (`since`, `Last-Event-ID`).
+    pub(crate) reconnects: u64,
+    pub(crate) resumes: u64,
+    /// `recovered: true` answers, by channel kind: user, group, all.
+    pub(crate) recovered: [u64; 3],
+    /// Connection attempts that failed (node down or refusing).
+    pub(crate) failed_attempts: u64,
+    /// `bye` frames received, and the longest `retry_after_ms` among them.
+    pub(crate) byes: u64,
+    pub(crate) max_retry_after_ms: u64,
+    /// Messages whose offset skipped one on its channel (same epoch), and
+    /// epoch changes seen.
+    pub(crate) gaps: u64,
+    pub(crate) epoch_changes: u64,
+    /// Publish → arrival (µs) of messages that came by replay after a
+    /// resume, and of those that came live.
+    pub(crate) replay_latency: Vec<(u64, u64)>,
+    pub(crate) live_latency: Vec<(u64, u64)>,
+    /// Clients connected now, and clients whose task ended for good.
+    pub(crate) connected: u64,
+    pub(crate) given_up: u64,
+    /// Up to a few distinct errors.
+    pub(crate) errors: Vec<String>,
 }

@@ -86,39 +86,117 @@ pub(crate) fn redis(bin: &Path) -> anyhow::Result<RedisServer> {
 pub(crate) struct Node {
     pub(crate) proc_: Proc,
     pub(crate) addr: SocketAddr,
+    /// How a fanout node was started, to start it again on the same ports
+    /// (`None` for the Socket.IO peer).
+    launch: Option<Launch>,
 }
 
-/// Starts `fanout serve` with the bench's secret and API key.
-pub(crate) async fn fanout(bin: &Path, id: &str, redis: Option<&str>) -> anyhow::Result<Node> {
+/// The command line of one fanout node.
+#[derive(Debug, Clone)]
+struct Launch {
+    bin: PathBuf,
+    id: String,
+    redis: Option<String>,
+    internal: SocketAddr,
+    extra: Vec<String>,
+}
+
+/// Starts `fanout serve` with the bench's secret and API key, on free
+/// ports; `extra` are more `serve` options (`--history false`).
+pub(crate) async fn fanout(
+    bin: &Path,
+    id: &str,
+    redis: Option<&str>,
+    extra: &[String],
+) -> anyhow::Result<Node> {
     let (port, internal) = (free_port()?, free_port()?);
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let internal = SocketAddr::from(([127, 0, 0, 1], internal));
-    let mut cmd = Command::new(bin);
+    let launch = Launch {
+        bin: bin.to_owned(),
+        id: id.to_owned(),
+        redis: redis.map(str::to_owned),
+        internal: SocketAddr::from(([127, 0, 0, 1], internal)),
+        extra: extra.to_vec(),
+    };
+    let proc_ = start_fanout(&launch, addr).await?;
+    Ok(Node {
+        proc_,
+        addr,
+        launch: Some(launch),
+    })
+}
+
+async fn start_fanout(launch: &Launch, addr: SocketAddr) -> anyhow::Result<Proc> {
+    let mut cmd = Command::new(&launch.bin);
     for (key, _) in std::env::vars() {
         if key.starts_with("FANOUT_") {
             cmd.env_remove(key);
         }
     }
-    cmd.args(["serve", "--node-id", id])
+    cmd.args(["serve", "--node-id", &launch.id])
         .args(["--listen", &addr.to_string()])
-        .args(["--internal-addr", &internal.to_string()])
+        .args(["--internal-addr", &launch.internal.to_string()])
+        .args(&launch.extra)
         .env("FANOUT_JWT_SECRET", SECRET)
         .env("FANOUT_API_KEYS", API_KEY)
         .env("FANOUT_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
-    if let Some(url) = redis {
+    if let Some(url) = &launch.redis {
         cmd.args(["--redis-url", url]);
     }
     let child = cmd
         .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
+        .with_context(|| format!("starting {}", launch.bin.display()))?;
     let mut proc_ = Proc {
         child,
-        name: format!("fanout {id}"),
+        name: format!("fanout {}", launch.id),
     };
-    wait_ready(&mut proc_, internal, "/readyz").await?;
-    Ok(Node { proc_, addr })
+    wait_ready(&mut proc_, launch.internal, "/readyz").await?;
+    Ok(proc_)
+}
+
+impl Node {
+    /// Sends SIGTERM and waits until the process exits (it drains its
+    /// clients first), at most `patience`; then kills it and fails.
+    /// Returns how long it took.
+    pub(crate) async fn terminate(&mut self, patience: Duration) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        sigterm(self.proc_.pid())?;
+        while started.elapsed() < patience {
+            if self.proc_.exited().is_some() {
+                return Ok(started.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = self.proc_.child.kill();
+        let _ = self.proc_.child.wait();
+        bail!(
+            "{} had not exited {patience:?} after SIGTERM: killed",
+            self.proc_.name
+        )
+    }
+
+    /// Starts a fanout node again with the same options and ports, and
+    /// waits until it is ready.
+    pub(crate) async fn start_again(&mut self) -> anyhow::Result<()> {
+        let launch = self
+            .launch
+            .as_ref()
+            .context("only fanout nodes the bench started can be restarted")?;
+        self.proc_ = start_fanout(launch, self.addr).await?;
+        Ok(())
+    }
+}
+
+/// Sends SIGTERM to a process.
+pub(crate) fn sigterm(pid: u32) -> anyhow::Result<()> {
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .with_context(|| format!("{pid} is not a process id"))?;
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM)
+        .with_context(|| format!("SIGTERM to process {}", pid.as_raw_nonzero()))
 }
 
 /// Starts `node server.js` from the Socket.IO peer directory.
@@ -172,7 +250,11 @@ pub(crate) async fn socketio(
         .context("socket.io node did not report its port")?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     wait_ready(&mut proc_, addr, "/healthz").await?;
-    Ok(Node { proc_, addr })
+    Ok(Node {
+        proc_,
+        addr,
+        launch: None,
+    })
 }
 
 /// Looks for an executable: an explicit path, next to this executable, or on PATH.

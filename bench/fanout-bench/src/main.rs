@@ -15,6 +15,8 @@
 //! - `http`: keep-alive HTTP/1.1 connections on hyper's client.
 //! - `publish`: HTTP and Redis publishers and the rate driver.
 //! - `scenario`: idle, broadcast, steady, storm, publish-api.
+//! - `rolling`, `resume`, `ledger`: the rolling-restart scenario, its
+//!   resuming WebSocket and SSE clients, and what they keep and count.
 //! - `deploy`, `suite`: the default suite and the Socket.IO comparison,
 //!   which start their own Redis and nodes.
 //! - `procstat`, `report`: /proc readings; tables and JSON.
@@ -28,11 +30,14 @@ mod client;
 mod control;
 mod deploy;
 mod http;
+mod ledger;
 mod pool;
 mod procstat;
 mod publish;
 mod recorder;
 mod report;
+mod resume;
+mod rolling;
 mod scenario;
 mod suite;
 mod worker;
@@ -155,6 +160,28 @@ enum Cmd {
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         duration: Duration,
     },
+    /// Resuming clients (WebSocket and SSE) while every node is restarted in
+    /// turn; accounts for every message as the application sees it.
+    ///
+    /// Restarting a node takes its pid (`--pid`, in `--node` order) and a
+    /// shell command that starts it again on the same address
+    /// (`--start-cmd`, same order): the bench sends SIGTERM, waits for the
+    /// exit, runs the command and waits until the node answers. Without
+    /// `--start-cmd` it publishes for `--duration` while you restart the
+    /// nodes yourself. `suite --only rolling` starts its own nodes.
+    Rolling {
+        #[command(flatten)]
+        deployment: Deployment,
+        #[command(flatten)]
+        rolling: RollingArgs,
+        /// A shell command that starts node i again on the same address
+        /// (repeat once per --node, in order; needs a --pid per node).
+        #[arg(long = "start-cmd")]
+        start_cmds: Vec<String>,
+        /// Without --start-cmd: how long to publish while you restart nodes.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
     /// The default suite (`make bench`): starts Redis and fanout nodes itself.
     Suite(suite::SuiteArgs),
     /// fanout and Socket.IO side by side on one Redis (`make bench-compare`).
@@ -166,8 +193,13 @@ enum Cmd {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Via {
+    /// POST /api/publish.
     Api,
+    /// PUBLISH straight to Redis (no history kept).
     Redis,
+    /// FCALL fanout_publish straight to Redis: history kept, as a node
+    /// does for each publish.
+    RedisFcall,
 }
 
 /// Where the deployment is and how to load it.
@@ -207,7 +239,7 @@ struct Deployment {
     /// The nodes' Redis channel prefix.
     #[arg(long, default_value = "fanout")]
     prefix: String,
-    /// How the bench publishes: the HTTP API, or PUBLISH straight to Redis.
+    /// How the bench publishes: the HTTP API, or straight to Redis.
     #[arg(long, value_enum, default_value = "api")]
     via: Via,
     #[command(flatten)]
@@ -215,6 +247,68 @@ struct Deployment {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+/// The `rolling` scenario's sizes and pacing.
+#[derive(Debug, Clone, Copy, Args)]
+pub(crate) struct RollingArgs {
+    /// Clients, each user u<i> in group g<i / group-size>.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) clients: u64,
+    /// Share of clients on SSE (0.0–1.0); the others use WebSocket.
+    #[arg(long, default_value_t = 0.2)]
+    pub(crate) sse_share: f64,
+    /// Messages per second, through the HTTP API.
+    #[arg(long, default_value_t = 500.0)]
+    pub(crate) rate: f64,
+    /// Percentage of messages sent to a group instead of a user.
+    #[arg(long, default_value_t = 50)]
+    pub(crate) group_percent: u8,
+    /// Members per group.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) group_size: u64,
+    /// Publishing before the first restart.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub(crate) warmup: Duration,
+    /// Publishing between one node being ready again and the next SIGTERM.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub(crate) gap: Duration,
+    /// Publishing after the last restart.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub(crate) tail: Duration,
+    /// Longest a client waits before reconnecting, whatever
+    /// `retry_after_ms` asks.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub(crate) retry_cap: Duration,
+    /// Longest a node may take to exit after SIGTERM.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub(crate) drain_timeout: Duration,
+    /// Padding bytes added to each payload.
+    #[arg(long, default_value_t = 40)]
+    pub(crate) pad: usize,
+    /// Seed of the random choice of users and groups.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) seed: u64,
+}
+
+impl RollingArgs {
+    pub(crate) fn opts(&self, duration: Duration) -> rolling::RollingOpts {
+        rolling::RollingOpts {
+            clients: self.clients,
+            sse_percent: (self.sse_share.clamp(0.0, 1.0) * 100.0).round() as u8,
+            rate: self.rate,
+            group_percent: self.group_percent.min(100),
+            group_size: self.group_size,
+            pad: self.pad,
+            seed: self.seed,
+            warmup: self.warmup,
+            gap: self.gap,
+            tail: self.tail,
+            retry_cap: self.retry_cap,
+            drain_timeout: self.drain_timeout,
+            duration,
+        }
+    }
 }
 
 /// How the load generator spreads its connections.
@@ -242,8 +336,8 @@ impl Deployment {
                  `make run` prints the one it generated"
             );
         }
-        if self.via == Via::Redis && self.redis.is_none() {
-            anyhow::bail!("--via redis needs --redis <url>");
+        if self.via != Via::Api && self.redis.is_none() {
+            anyhow::bail!("--via redis and redis-fcall need --redis <url>");
         }
         Ok(Env {
             target: self.target,
@@ -254,7 +348,8 @@ impl Deployment {
             api_key: self.api_key.clone(),
             redis: self.redis.clone(),
             prefix: self.prefix.clone(),
-            via_redis: self.via == Via::Redis,
+            via_redis: self.via != Via::Api,
+            redis_fcall: self.via == Via::RedisFcall,
             broker: self.redis.is_some().then_some("Redis"),
             workers: self.load.workers,
             sources: self.load.sources,
@@ -361,6 +456,37 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
         } => {
             let env = deployment.env()?;
             (deployment, scenario::storm(&env, connections, down).await?)
+        }
+        Cmd::Rolling {
+            deployment,
+            rolling,
+            start_cmds,
+            duration,
+        } => {
+            let env = deployment.env()?;
+            let restarts = if start_cmds.is_empty() {
+                rolling::Restarts::Manual
+            } else {
+                if start_cmds.len() != env.nodes.len() || env.pids.len() != env.nodes.len() {
+                    anyhow::bail!(
+                        "restarting needs one --pid and one --start-cmd per --node, in the same order"
+                    );
+                }
+                rolling::Restarts::Commands(
+                    env.nodes
+                        .iter()
+                        .zip(&env.pids)
+                        .zip(start_cmds)
+                        .map(|((addr, pid), start)| rolling::External {
+                            addr: *addr,
+                            pid: *pid,
+                            start,
+                        })
+                        .collect(),
+                )
+            };
+            let out = rolling::rolling(&env, rolling.opts(duration), restarts).await?;
+            (deployment, out)
         }
         Cmd::PublishApi {
             deployment,

@@ -9,7 +9,9 @@ use tokio::{
     process::{Child, ChildStdin, ChildStdout},
 };
 
-use crate::control::{Command, ConnectOutcome, ConnectPlan, Event, PhaseReport};
+use crate::control::{
+    Command, ConnectOutcome, ConnectPlan, Event, PhaseReport, ResumePlan, ResumeReport,
+};
 
 #[derive(Debug)]
 struct Worker {
@@ -94,6 +96,35 @@ impl Pool {
             .collect();
         let events = self.call(commands).await?;
         merge_outcomes(events)
+    }
+
+    /// Opens `plan.count` resuming clients, split evenly between the workers.
+    pub(crate) async fn resume(&mut self, plan: &ResumePlan) -> anyhow::Result<ConnectOutcome> {
+        let n = self.workers.len() as u64;
+        let commands = (0..n)
+            .map(|w| {
+                let lo = plan.first + plan.count * w / n;
+                let hi = plan.first + plan.count * (w + 1) / n;
+                Command::Resume(ResumePlan {
+                    first: lo,
+                    count: hi - lo,
+                    ..plan.clone()
+                })
+            })
+            .collect();
+        let events = self.call(commands).await?;
+        merge_outcomes(events)
+    }
+
+    pub(crate) async fn resume_reports(&mut self) -> anyhow::Result<Vec<ResumeReport>> {
+        let events = self.call_same(|| Command::ResumeReport).await?;
+        Ok(events
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Resume(r) => Some(*r),
+                _ => None,
+            })
+            .collect())
     }
 
     pub(crate) async fn storm(&mut self, down_ms: u64) -> anyhow::Result<ConnectOutcome> {

@@ -110,6 +110,13 @@ impl Recorder {
         else {
             return false;
         };
+        self.record(seq, sent, conn);
+        true
+    }
+
+    /// Records one delivery of message `seq`, published at `sent` (unix
+    /// µs), to connection `conn`.
+    pub(crate) fn record(&self, seq: u64, sent: u64, conn: u64) {
         let latency = unix_us().saturating_sub(sent);
         let phase = self.phase.read();
         let Some(offset) = seq
@@ -118,7 +125,7 @@ impl Recorder {
             .filter(|&o| o < phase.counts.len())
         else {
             self.stray.fetch_add(1, Ordering::Relaxed);
-            return true;
+            return;
         };
         phase.counts[offset].fetch_add(1, Ordering::Relaxed);
         if let Some((n, sum)) = conn
@@ -134,7 +141,6 @@ impl Recorder {
         let _ = self.hist[(conn % SHARDS as u64) as usize]
             .lock()
             .record(latency.clamp(1, MAX_LATENCY_US));
-        true
     }
 
     pub(crate) fn received(&self) -> u64 {
@@ -177,7 +183,12 @@ impl Recorder {
             per_conn,
             latency: hist_to_pairs(&merged),
             open,
-            closed_by_code: self.closed_by_code.lock().clone(),
+            closed_by_code: self
+                .closed_by_code
+                .lock()
+                .iter()
+                .map(|(c, n)| (*c, *n))
+                .collect(),
         }
     }
 }

@@ -86,6 +86,9 @@ pub(crate) struct Outcome {
     /// Connections the server closed during the measurement, by close code.
     pub(crate) closed_by_server: std::collections::BTreeMap<u16, u64>,
     pub(crate) errors: Vec<String>,
+    /// What happened along the way, worth reading but no failure.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) notes: Vec<String>,
 }
 
 impl Outcome {
@@ -99,6 +102,7 @@ impl Outcome {
             resources: Resources::default(),
             closed_by_server: Default::default(),
             errors: Vec::new(),
+            notes: Vec::new(),
         }
     }
 
@@ -230,6 +234,9 @@ pub(crate) fn table(outcomes: &[Outcome]) -> String {
                 .collect();
             rows.push(["closed by server".into(), closed.join(", "), String::new()]);
         }
+        for n in &o.notes {
+            rows.push(["note".into(), n.clone(), String::new()]);
+        }
         for e in &o.errors {
             rows.push(["error".into(), e.clone(), String::new()]);
         }
@@ -239,7 +246,11 @@ pub(crate) fn table(outcomes: &[Outcome]) -> String {
     for (_, rows) in &blocks {
         for r in rows {
             widths[0] = widths[0].max(r[0].chars().count());
-            widths[1] = widths[1].max(r[1].chars().count());
+            // A goal is only ever on a metric's row: long free text
+            // (notes) need not push the goals of every table to the right.
+            if r[0] != "note" {
+                widths[1] = widths[1].max(r[1].chars().count());
+            }
         }
     }
     let mut out = String::new();

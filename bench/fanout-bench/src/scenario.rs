@@ -24,7 +24,7 @@ use crate::{
 
 /// Connections one worker process holds at most by default (the machine
 /// caps each process at 20,000 open files).
-const PER_WORKER: u64 = 15_000;
+pub(crate) const PER_WORKER: u64 = 15_000;
 
 /// The deployment under test and how to load it.
 #[derive(Debug, Clone)]
@@ -42,6 +42,9 @@ pub(crate) struct Env {
     pub(crate) prefix: String,
     /// Publish through Redis instead of the HTTP API (fanout only).
     pub(crate) via_redis: bool,
+    /// Through Redis, with `FCALL fanout_publish` (history kept) instead of
+    /// `PUBLISH`.
+    pub(crate) redis_fcall: bool,
     /// What the nodes use as a broker, when known (for the heading).
     pub(crate) broker: Option<&'static str>,
     /// Worker processes (0: one per 15,000 connections).
@@ -74,7 +77,9 @@ impl Env {
     async fn publisher(&self, allow_redis: bool) -> anyhow::Result<Arc<Publisher>> {
         if allow_redis && self.via_redis && self.target == Target::Fanout {
             let url = self.redis.as_deref().context("--via redis needs --redis")?;
-            return Ok(Arc::new(Publisher::redis(url, &self.prefix).await?));
+            return Ok(Arc::new(
+                Publisher::redis(url, &self.prefix, self.redis_fcall).await?,
+            ));
         }
         if self.target == Target::Fanout && self.api_key.is_empty() {
             bail!("--api-key (or FANOUT_API_KEY) is required to publish through fanout's API");
@@ -86,11 +91,11 @@ impl Env {
         )?))
     }
 
-    fn redis_pids(&self) -> Vec<u32> {
+    pub(crate) fn redis_pids(&self) -> Vec<u32> {
         self.redis_pid.into_iter().collect()
     }
 
-    fn nodes_desc(&self) -> String {
+    pub(crate) fn nodes_desc(&self) -> String {
         let n = self.nodes.len();
         let nodes = format!("{n} node{}", if n == 1 { "" } else { "s" });
         match self.broker {
@@ -101,9 +106,9 @@ impl Env {
 }
 
 /// Clients connected in worker processes, and the meter of everything.
-struct Load {
-    pool: Pool,
-    loadgen: Vec<u32>,
+pub(crate) struct Load {
+    pub(crate) pool: Pool,
+    pub(crate) loadgen: Vec<u32>,
 }
 
 async fn connect(env: &Env, count: u64, group_size: u64) -> anyhow::Result<Load> {
@@ -128,7 +133,7 @@ async fn connect(env: &Env, count: u64, group_size: u64) -> anyhow::Result<Load>
 }
 
 impl Load {
-    fn meter(&self, env: &Env) -> CpuMeter {
+    pub(crate) fn meter(&self, env: &Env) -> CpuMeter {
         CpuMeter::start(vec![
             env.pids.clone(),
             self.loadgen.clone(),
@@ -156,7 +161,7 @@ impl Load {
     }
 }
 
-fn resources(out: &mut Outcome, env: &Env, meter: &CpuMeter) {
+pub(crate) fn resources(out: &mut Outcome, env: &Env, meter: &CpuMeter) {
     let (cpu, wall) = meter.read();
     out.resources.wall_s = wall;
     out.resources.server_cpu_s = (!env.pids.is_empty()).then_some(cpu[0]);
@@ -165,7 +170,7 @@ fn resources(out: &mut Outcome, env: &Env, meter: &CpuMeter) {
 }
 
 /// Per-message delivery counts and slowest delivery, merged over workers.
-struct Merged {
+pub(crate) struct Merged {
     counts: Vec<u64>,
     max_latency: Vec<u64>,
     /// Per connection: deliveries and the sum of their offsets.
@@ -175,7 +180,7 @@ struct Merged {
     closed: BTreeMap<u16, u64>,
 }
 
-fn merge(reports: &[PhaseReport], len: usize, conns: u64) -> Merged {
+pub(crate) fn merge(reports: &[PhaseReport], len: usize, conns: u64) -> Merged {
     let mut m = Merged {
         counts: vec![0; len],
         max_latency: vec![0; len],
@@ -199,8 +204,8 @@ fn merge(reports: &[PhaseReport], len: usize, conns: u64) -> Merged {
         }
         pairs_into_hist(&mut m.latency, &r.latency);
         m.stray += r.stray;
-        for (code, n) in &r.closed_by_code {
-            *m.closed.entry(*code).or_default() += n;
+        for &(code, n) in &r.closed_by_code {
+            *m.closed.entry(code).or_default() += n;
         }
     }
     m
@@ -209,9 +214,9 @@ fn merge(reports: &[PhaseReport], len: usize, conns: u64) -> Merged {
 /// Who receives what: `k` connections (users u0 … u<k-1>), connection `i`
 /// in group `g<i / group_size>` when `group_size > 0`.
 #[derive(Debug, Clone, Copy)]
-struct Audience {
-    k: u64,
-    group_size: u64,
+pub(crate) struct Audience {
+    pub(crate) k: u64,
+    pub(crate) group_size: u64,
 }
 
 impl Audience {
@@ -229,7 +234,7 @@ impl Audience {
         }
     }
 
-    fn count(self, dest: Dest) -> u64 {
+    pub(crate) fn count(self, dest: Dest) -> u64 {
         let mut n = 0;
         self.each(dest, |_| n += 1);
         n
@@ -268,7 +273,7 @@ fn clients_mismatched(sent: &Sent, merged: &Merged, audience: Audience) -> Optio
 
 /// Accounts for every message and every client, and adds throughput and
 /// latency metrics. Returns the unix µs of the last delivery.
-fn account(out: &mut Outcome, sent: &Sent, merged: &Merged, audience: Audience) -> u64 {
+pub(crate) fn account(out: &mut Outcome, sent: &Sent, merged: &Merged, audience: Audience) -> u64 {
     let mut acc = Accounting {
         sent: sent.sent,
         publish_failed: sent.failed,

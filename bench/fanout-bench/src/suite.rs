@@ -13,6 +13,7 @@ use crate::{
     control::Target,
     deploy::{self, API_KEY, Node, SECRET, find_bin},
     report::{Goal, Outcome, fmt_num},
+    rolling::{self, Restarts, RollingOpts},
     scenario::{self, ApiOpts, BroadcastOpts, Env, SteadyOpts},
 };
 
@@ -23,7 +24,8 @@ pub(crate) struct SuiteArgs {
     quick: bool,
     /// Run only these scenarios (comma-separated names from the table's
     /// first column, e.g. `broadcast,storm`; suite also knows
-    /// `broadcast-paced`, `broadcast-redis` and `publish-api-1000`).
+    /// `broadcast-paced`, `broadcast-redis`, `publish-api-1000`,
+    /// `steady-history` (history on and off) and `steady-history-on`/`-off`).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// The fanout binary (default: next to fanout-bench, else on PATH).
@@ -48,7 +50,7 @@ pub(crate) struct SuiteArgs {
 /// A deployment started for one or more scenarios; dropped, it stops.
 struct Deployed {
     _redis: Option<RedisServer>,
-    _nodes: Vec<Node>,
+    nodes: Vec<Node>,
     env: Env,
 }
 
@@ -81,6 +83,7 @@ impl SuiteArgs {
             redis: redis.map(RedisServer::url),
             prefix: "fanout".into(),
             via_redis: false,
+            redis_fcall: false,
             broker: Some(if redis.is_some() {
                 "Redis"
             } else {
@@ -97,8 +100,14 @@ impl SuiteArgs {
         deploy::redis(&find_bin(self.redis_server_bin.as_deref(), "redis-server"))
     }
 
-    /// `n` fanout nodes, on Redis or (one node) the memory broker.
-    async fn fanout(&self, n: usize, with_redis: bool) -> anyhow::Result<Deployed> {
+    /// `n` fanout nodes, on Redis or (one node) the memory broker, with
+    /// `node_args` added to each node's command line.
+    async fn fanout(
+        &self,
+        n: usize,
+        with_redis: bool,
+        node_args: &[&str],
+    ) -> anyhow::Result<Deployed> {
         let redis = if with_redis {
             Some(self.redis()?)
         } else {
@@ -106,14 +115,16 @@ impl SuiteArgs {
         };
         let bin = find_bin(self.fanout_bin.as_deref(), "fanout");
         let url = redis.as_ref().map(RedisServer::url);
+        let extra: Vec<String> = node_args.iter().map(|a| (*a).to_owned()).collect();
         let mut nodes = Vec::with_capacity(n);
         for i in 1..=n {
-            nodes.push(deploy::fanout(&bin, &format!("bench{i}"), url.as_deref()).await?);
+            let id = format!("bench{i}");
+            nodes.push(deploy::fanout(&bin, &id, url.as_deref(), &extra).await?);
         }
         let env = self.env(Target::Fanout, &nodes, redis.as_ref());
         Ok(Deployed {
             _redis: redis,
-            _nodes: nodes,
+            nodes,
             env,
         })
     }
@@ -143,6 +154,13 @@ struct Sizes {
     many_users: u64,
     many_per_publish: u64,
     many_in_flight: usize,
+    /// steady with history on and off: users, rate.
+    history_users: u64,
+    history_rate: f64,
+    /// rolling: nodes, their drain window, the scenario's options.
+    rolling_nodes: usize,
+    rolling_drain: &'static str,
+    rolling: RollingOpts,
 }
 
 impl Sizes {
@@ -169,6 +187,25 @@ impl Sizes {
                 many_users: 200,
                 many_per_publish: 50,
                 many_in_flight: 4,
+                history_users: 300,
+                history_rate: 300.0,
+                rolling_nodes: 2,
+                rolling_drain: "1s",
+                rolling: RollingOpts {
+                    clients: 300,
+                    sse_percent: 20,
+                    rate: 200.0,
+                    group_percent: 50,
+                    group_size: 50,
+                    pad: 40,
+                    seed: 1,
+                    warmup: Duration::from_secs(1),
+                    gap: Duration::from_millis(500),
+                    tail: Duration::from_secs(1),
+                    retry_cap: Duration::from_secs(1),
+                    drain_timeout: Duration::from_secs(30),
+                    duration: Duration::ZERO,
+                },
             }
         } else {
             Self {
@@ -192,6 +229,25 @@ impl Sizes {
                 many_users: 4_000,
                 many_per_publish: 1_000,
                 many_in_flight: 16,
+                history_users: 15_000,
+                history_rate: 20_000.0,
+                rolling_nodes: 3,
+                rolling_drain: "2s",
+                rolling: RollingOpts {
+                    clients: 6_000,
+                    sse_percent: 20,
+                    rate: 1_000.0,
+                    group_percent: 50,
+                    group_size: 100,
+                    pad: 40,
+                    seed: 1,
+                    warmup: Duration::from_secs(3),
+                    gap: Duration::from_secs(2),
+                    tail: Duration::from_secs(3),
+                    retry_cap: Duration::from_secs(2),
+                    drain_timeout: Duration::from_secs(60),
+                    duration: Duration::ZERO,
+                },
             }
         }
     }
@@ -242,6 +298,10 @@ struct Step {
     nodes: usize,
     redis: bool,
     via_redis: bool,
+    /// Through Redis with `FCALL fanout_publish` instead of `PUBLISH`.
+    redis_fcall: bool,
+    /// Added to every node's command line.
+    node_args: Vec<&'static str>,
     run: Run,
     goals: &'static [(&'static str, Goal)],
 }
@@ -252,6 +312,7 @@ enum Run {
     Steady(SteadyOpts),
     Storm,
     PublishApi(ApiOpts),
+    Rolling(RollingOpts),
 }
 
 fn steps(s: &Sizes, quick: bool) -> Vec<Step> {
@@ -263,6 +324,15 @@ fn steps(s: &Sizes, quick: bool) -> Vec<Step> {
         to_all: false,
         in_flight: 4,
     };
+    let history_steady = SteadyOpts {
+        users: s.history_users,
+        rate: s.history_rate,
+        duration: s.steady_for,
+        group_percent: if quick { 20 } else { 0 },
+        group_size: 100,
+        pad: 40,
+        seed: 1,
+    };
     vec![
         Step {
             name: "idle",
@@ -271,6 +341,8 @@ fn steps(s: &Sizes, quick: bool) -> Vec<Step> {
             nodes: 1,
             redis: false,
             via_redis: false,
+            redis_fcall: false,
+            node_args: Vec::new(),
             run: Run::Idle,
             goals: &[
                 ("server RSS per connection", Goal::AtMost(5.0)),
@@ -284,6 +356,8 @@ fn steps(s: &Sizes, quick: bool) -> Vec<Step> {
             nodes: 1,
             redis: false,
             via_redis: false,
+            redis_fcall: false,
+            node_args: Vec::new(),
             run: Run::Broadcast(broadcast(s.broadcast, s.burst, 0.0)),
             goals: &[("deliveries/s", Goal::AtLeast(1_000_000.0))],
         },
@@ -294,6 +368,8 @@ fn steps(s: &Sizes, quick: bool) -> Vec<Step> {
             nodes: 1,
             redis: false,
             via_redis: false,
+            redis_fcall: false,
+            node_args: Vec::new(),
             run: Run::Broadcast(broadcast(s.broadcast, s.paced, s.paced_rate)),
             goals: &[("latency p99", Goal::AtMost(50.0))],
         },
@@ -304,6 +380,8 @@ fn steps(s: &Sizes, quick: bool) -> Vec<Step> {
             nodes: 2,
             redis: true,
             via_redis: false,
+            redis_fcall: false,
+            node_args: Vec::new(),
             run: Run::Broadcast(broadcast(2 * s.redis_per_node, s.redis_burst, 0.0)),
             goals: &[("deliveries/s", Goal::AtLeast(500_000.0))],
         },
@@ -314,6 +392,8 @@ fn steps(s: &Sizes, quick: bool) -> Vec<Step> {
             nodes: 1,
             redis: true,
             via_redis: true,
+            redis_fcall: false,
+            node_args: Vec::new(),
             run: Run::Steady(SteadyOpts {
                 users: s.steady_users,
                 rate: s.steady_rate,
@@ -335,6 +415,8 @@ fn steps(s: &Sizes, quick: bool) -> Vec<Step> {
             nodes: 1,
             redis: true,
             via_redis: true,
+            redis_fcall: false,
+            node_args: Vec::new(),
             run: Run::Storm,
             goals: &[
                 ("all receiving again", Goal::AtMost(5000.0)),
@@ -348,6 +430,8 @@ fn steps(s: &Sizes, quick: bool) -> Vec<Step> {
             nodes: 1,
             redis: false,
             via_redis: false,
+            redis_fcall: false,
+            node_args: Vec::new(),
             run: Run::PublishApi(ApiOpts {
                 users: s.api_users,
                 users_per_publish: 1,
@@ -369,6 +453,8 @@ fn steps(s: &Sizes, quick: bool) -> Vec<Step> {
             nodes: 2,
             redis: true,
             via_redis: false,
+            redis_fcall: false,
+            node_args: Vec::new(),
             run: Run::PublishApi(ApiOpts {
                 users: s.many_users,
                 users_per_publish: s.many_per_publish,
@@ -376,6 +462,54 @@ fn steps(s: &Sizes, quick: bool) -> Vec<Step> {
                 duration: s.api_for,
             }),
             goals: &[],
+        },
+        // The same steady load through Redis with history on (every
+        // message an FCALL fanout_publish, as a node's publish is) and off
+        // (PUBLISH; the nodes keep no history).
+        Step {
+            name: "steady-history",
+            also: "steady-history-on",
+            label: "steady through Redis, history on",
+            nodes: 1,
+            redis: true,
+            via_redis: true,
+            redis_fcall: true,
+            node_args: vec!["--history", "true"],
+            run: Run::Steady(history_steady),
+            goals: &[
+                ("messages/s", Goal::AtLeast(20_000.0 * 0.99)),
+                ("latency p99", Goal::AtMost(20.0)),
+            ],
+        },
+        Step {
+            name: "steady-history",
+            also: "steady-history-off",
+            label: "steady through Redis, history off",
+            nodes: 1,
+            redis: true,
+            via_redis: true,
+            redis_fcall: false,
+            node_args: vec!["--history", "false"],
+            run: Run::Steady(history_steady),
+            goals: &[
+                ("messages/s", Goal::AtLeast(20_000.0 * 0.99)),
+                ("latency p99", Goal::AtMost(20.0)),
+            ],
+        },
+        Step {
+            name: "rolling",
+            also: "rolling",
+            label: "rolling restart with resuming clients",
+            nodes: s.rolling_nodes,
+            redis: true,
+            via_redis: false,
+            redis_fcall: false,
+            node_args: vec!["--drain-window", s.rolling_drain, "--history", "true"],
+            run: Run::Rolling(s.rolling),
+            goals: &[
+                ("clients with recovered: false", Goal::AtMost(0.0)),
+                ("raw duplicates (before de-dup)", Goal::AtMost(0.0)),
+            ],
         },
     ]
 }
@@ -390,6 +524,10 @@ pub(crate) async fn suite(args: &SuiteArgs) -> anyhow::Result<ExitCode> {
         "storm",
         "publish-api",
         "publish-api-1000",
+        "steady-history",
+        "steady-history-on",
+        "steady-history-off",
+        "rolling",
     ])?;
     let s = Sizes::new(args.quick);
     let mut out = Vec::new();
@@ -399,8 +537,9 @@ pub(crate) async fn suite(args: &SuiteArgs) -> anyhow::Result<ExitCode> {
         }
         progress(step.label);
         // Each run gets a fresh deployment, stopped (dropped) after it.
-        let mut d = args.fanout(step.nodes, step.redis).await?;
+        let mut d = args.fanout(step.nodes, step.redis, &step.node_args).await?;
         d.env.via_redis = step.via_redis;
+        d.env.redis_fcall = step.redis_fcall;
         let env = &d.env;
         let name = step.name;
         let mut o = match step.run {
@@ -427,7 +566,15 @@ pub(crate) async fn suite(args: &SuiteArgs) -> anyhow::Result<ExitCode> {
             Run::PublishApi(opts) => {
                 attempt(name, Target::Fanout, scenario::publish_api(env, opts)).await
             }
+            Run::Rolling(opts) => {
+                let restarts = Restarts::Suite(&mut d.nodes);
+                attempt(name, Target::Fanout, rolling::rolling(env, opts, restarts)).await
+            }
         };
+        if !step.node_args.is_empty() {
+            o.setup
+                .push_str(&format!(", nodes with {}", step.node_args.join(" ")));
+        }
         if !args.quick {
             for (metric, goal) in step.goals {
                 o.goal(metric, *goal);
@@ -480,7 +627,7 @@ pub(crate) async fn compare(args: &SuiteArgs) -> anyhow::Result<ExitCode> {
     let (mut fanout_nodes, mut sio_nodes) = (Vec::new(), Vec::new());
     for i in 1..=2 {
         let id = format!("bench{i}");
-        fanout_nodes.push(deploy::fanout(&fanout_bin, &id, Some(&url)).await?);
+        fanout_nodes.push(deploy::fanout(&fanout_bin, &id, Some(&url), &[]).await?);
     }
     for i in 1..=2 {
         let id = format!("sio{i}");

@@ -17,10 +17,13 @@ use tokio_util::task::TaskTracker;
 use crate::{
     client::{self, Shared, Signal, Spec},
     control::{Command, Event},
+    ledger::Ledger,
+    resume::{self, ResumeSpec, Sinks},
 };
 
 pub(crate) async fn run() -> anyhow::Result<()> {
     let shared = Arc::new(Shared::new());
+    let ledger = Arc::new(Ledger::new());
     let tasks = TaskTracker::new();
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     while let Some(line) = lines.next_line().await.context("reading commands")? {
@@ -40,8 +43,32 @@ pub(crate) async fn run() -> anyhow::Result<()> {
                 }
                 Event::Connected(shared.outcomes().await)
             }
+            Command::Resume(plan) => {
+                shared.count_attempts(plan.count);
+                shared.recorder.set_connections(plan.first, plan.count);
+                let gate = Arc::new(Semaphore::new(plan.concurrency.max(1)));
+                let sinks = Sinks {
+                    shared: shared.clone(),
+                    ledger: ledger.clone(),
+                };
+                for index in plan.first..plan.first + plan.count {
+                    match ResumeSpec::new(&plan, index) {
+                        Ok(spec) => {
+                            tasks.spawn(resume::run(spec, sinks.clone(), gate.clone()));
+                        }
+                        Err(e) => anyhow::bail!("client {index}: {e}"),
+                    }
+                }
+                Event::Connected(shared.outcomes().await)
+            }
+            Command::ResumeReport => {
+                let connected = ledger.connected.load(Ordering::Relaxed);
+                let phase = shared.recorder.report(connected);
+                Event::Resume(Box::new(ledger.report(phase)))
+            }
             Command::Phase { base, len } => {
                 shared.recorder.start_phase(base, len);
+                ledger.reset();
                 Event::Ready
             }
             Command::Progress => Event::Progress {

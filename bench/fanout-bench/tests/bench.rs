@@ -128,12 +128,17 @@ fn the_suite_runs_every_scenario_and_accounts_for_every_message() {
             "steady",
             "storm",
             "publish-api",
-            "publish-api"
+            "publish-api",
+            "steady",
+            "steady",
+            "rolling"
         ],
         "{json:#}"
     );
     for o in results {
-        assert_eq!(o["closed_by_server"], serde_json::json!({}), "{o:#}");
+        if o["scenario"] != "rolling" {
+            assert_eq!(o["closed_by_server"], serde_json::json!({}), "{o:#}");
+        }
         if o["scenario"] == "idle" {
             assert_eq!(o["errors"], serde_json::json!([]), "{o:#}");
             assert_eq!(metric(o, "open at end"), 200.0);
@@ -162,7 +167,37 @@ fn the_suite_runs_every_scenario_and_accounts_for_every_message() {
         "{many:#}"
     );
     assert!(metric(many, "requests/s") > 0.0, "{many:#}");
+    // Steady through Redis with history on (FCALL fanout_publish) and off.
+    for (o, history, via) in [
+        (&results[8], "--history true", "FCALL fanout_publish"),
+        (&results[9], "--history false", "Redis PUBLISH"),
+    ] {
+        let setup = o["setup"].as_str().unwrap();
+        assert!(setup.contains(history) && setup.contains(via), "{o:#}");
+    }
+    assert_rolling(&results[10], 300, 2);
     assert!(ok, "fanout-bench exited with an error: {json:#}");
+}
+
+/// The rolling restart: both nodes were restarted, clients came back and
+/// resumed, every client is connected again, and (checked by
+/// `assert_accounted`) the application missed nothing and saw nothing twice.
+fn assert_rolling(o: &Value, clients: u64, nodes: u64) {
+    assert_eq!(o["scenario"], "rolling", "{o:#}");
+    assert_accounted(o);
+    assert_eq!(metric(o, "nodes restarted"), nodes as f64, "{o:#}");
+    assert!(metric(o, "resumes") > 0.0, "{o:#}");
+    assert!(metric(o, "replayed messages") >= 0.0, "{o:#}");
+    assert_eq!(metric(o, "offset gaps seen"), 0.0, "{o:#}");
+    assert_eq!(
+        metric(o, "clients connected at end"),
+        clients as f64,
+        "{o:#}"
+    );
+    // Clients on the drained nodes were told to come back (WebSocket close
+    // 3001; SSE clients get the bye without a close code).
+    assert!(o["closed_by_server"]["3001"].as_u64().unwrap() > 0, "{o:#}");
+    assert!(metric(o, "bye frames") >= metric(o, "reconnects"), "{o:#}");
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -58,7 +58,8 @@ impl Dest {
 pub(crate) enum Publisher {
     /// One HTTP request per message.
     Http(Arc<HttpPublisher>),
-    /// `PUBLISH <prefix>:user:<uid>` straight to Redis, pipelined.
+    /// `PUBLISH <prefix>:user:<uid>` (or `FCALL fanout_publish`) straight
+    /// to Redis, pipelined.
     Redis(Arc<RedisTarget>),
 }
 
@@ -68,7 +69,27 @@ pub(crate) enum Publisher {
 pub(crate) struct HttpPublisher {
     target: Target,
     endpoints: Vec<Endpoint>,
+    /// Retries over the other nodes, with idempotency keys (`rolling`).
+    retry: Option<Retry>,
+    /// Set by whoever drives a run that ends on its own schedule (`rolling`);
+    /// the request loops stop taking new messages.
+    stop: AtomicBool,
+    /// Attempts after a message's first one.
+    retried: AtomicU64,
 }
+
+/// How a resilient publisher retries: every message carries the
+/// idempotency key `<run>-<seq>`, so a retry of a publish whose outcome is
+/// unknown (the node went away mid-request) is taken at most once per
+/// channel and keeps its message id.
+#[derive(Debug)]
+struct Retry {
+    run: String,
+    attempts: u32,
+}
+
+/// Longest one publish attempt of a resilient publisher may take.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Publisher {
     pub(crate) fn http(
@@ -85,11 +106,44 @@ impl Publisher {
             .map(|a| Endpoint::new(*a, path, key))
             .collect::<anyhow::Result<_>>()
             .context("--api-key: not a valid header value")?;
-        Ok(Self::Http(Arc::new(HttpPublisher { target, endpoints })))
+        Ok(Self::Http(Arc::new(HttpPublisher {
+            target,
+            endpoints,
+            retry: None,
+            stop: AtomicBool::new(false),
+            retried: AtomicU64::new(0),
+        })))
     }
 
-    pub(crate) async fn redis(url: &str, prefix: &str) -> anyhow::Result<Self> {
-        let target = RedisTarget::parse(url, prefix)?;
+    /// A fanout HTTP publisher that survives nodes going away: each
+    /// message carries an idempotency key and is retried on the next node
+    /// (up to `attempts` attempts in all) when a request fails.
+    pub(crate) fn http_resilient(
+        nodes: &[SocketAddr],
+        api_key: &str,
+        attempts: u32,
+    ) -> anyhow::Result<Arc<HttpPublisher>> {
+        let endpoints = nodes
+            .iter()
+            .map(|a| Endpoint::new(*a, "/api/publish", Some(api_key)))
+            .collect::<anyhow::Result<_>>()
+            .context("--api-key: not a valid header value")?;
+        Ok(Arc::new(HttpPublisher {
+            target: Target::Fanout,
+            endpoints,
+            retry: Some(Retry {
+                run: format!("bench-{}", unix_us()),
+                attempts: attempts.max(1),
+            }),
+            stop: AtomicBool::new(false),
+            retried: AtomicU64::new(0),
+        }))
+    }
+
+    /// Publishes straight to Redis: `PUBLISH`, or with `fcall` the
+    /// history function `FCALL fanout_publish`, as a node does.
+    pub(crate) async fn redis(url: &str, prefix: &str, fcall: bool) -> anyhow::Result<Self> {
+        let target = RedisTarget::parse(url, prefix, fcall)?;
         // Fail here, not in the middle of a run; each drive connects anew.
         drop(target.connect().await?);
         Ok(Self::Redis(Arc::new(target)))
@@ -99,14 +153,25 @@ impl Publisher {
         match self {
             Self::Http(h) if h.target == Target::Fanout => "POST /api/publish",
             Self::Http(_) => "POST /publish",
+            Self::Redis(r) if r.fcall() => "Redis FCALL fanout_publish",
             Self::Redis(_) => "Redis PUBLISH",
         }
     }
 }
 
 impl HttpPublisher {
+    /// Stops the drive: request loops take no new message.
+    pub(crate) fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Attempts after a message's first one, so far.
+    pub(crate) fn retried(&self) -> u64 {
+        self.retried.load(Ordering::Relaxed)
+    }
+
     /// The request body publishing `payload` (a JSON object) to `dest`.
-    fn body(&self, dest: Dest, payload: &str) -> Result<Bytes, String> {
+    fn body(&self, dest: Dest, payload: &str, seq: u64) -> Result<Bytes, String> {
         let body = match self.target {
             Target::Fanout => {
                 let to = match dest {
@@ -127,7 +192,13 @@ impl HttpPublisher {
                     Dest::Group(g) => format!(r#"{{"groups":["g{g}"]}}"#),
                     Dest::All => r#"{"all":true}"#.to_owned(),
                 };
-                format!(r#"{{"to":{to},"event":"bench","data":{payload}}}"#)
+                match &self.retry {
+                    Some(r) => format!(
+                        r#"{{"to":{to},"event":"bench","data":{payload},"idempotency_key":"{}-{seq}"}}"#,
+                        r.run
+                    ),
+                    None => format!(r#"{{"to":{to},"event":"bench","data":{payload}}}"#),
+                }
             }
             Target::Socketio => {
                 let to = match dest {
@@ -153,11 +224,43 @@ impl HttpPublisher {
         dest: Dest,
         payload: &str,
     ) -> Result<(), String> {
-        let k = (n % self.endpoints.len() as u64) as usize;
-        let (Some(endpoint), Some(conn)) = (self.endpoints.get(k), conns.get_mut(k)) else {
-            return Err("no node to publish to".into());
+        let nodes = self.endpoints.len() as u64;
+        let body = self.body(dest, payload, n)?;
+        let Some(retry) = &self.retry else {
+            let k = (n % nodes) as usize;
+            let (Some(endpoint), Some(conn)) = (self.endpoints.get(k), conns.get_mut(k)) else {
+                return Err("no node to publish to".into());
+            };
+            return expect_ok(endpoint.post(conn, body).await?);
         };
-        expect_ok(endpoint.post(conn, self.body(dest, payload)?).await?)
+        let mut last = String::new();
+        for attempt in 0..u64::from(retry.attempts) {
+            if attempt > 0 {
+                self.retried.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20 * attempt.min(10))).await;
+            }
+            let k = ((n + attempt) % nodes) as usize;
+            let (Some(endpoint), Some(conn)) = (self.endpoints.get(k), conns.get_mut(k)) else {
+                return Err("no node to publish to".into());
+            };
+            let sent = tokio::time::timeout(ATTEMPT_TIMEOUT, endpoint.post(conn, body.clone()));
+            match sent.await {
+                Ok(Ok(res)) => match expect_ok(res) {
+                    Ok(()) => return Ok(()),
+                    Err(e) => last = e,
+                },
+                Ok(Err(e)) => last = e,
+                Err(_) => {
+                    // The connection is mid-request: never reuse it.
+                    conns[k] = None;
+                    last = format!("no answer within {ATTEMPT_TIMEOUT:?}");
+                }
+            }
+        }
+        Err(format!(
+            "{} attempts failed, the last: {last}",
+            retry.attempts
+        ))
     }
 }
 
@@ -240,7 +343,7 @@ struct LoopOutcome {
 /// message, waits for its due time when paced, publishes it, repeats. No
 /// task, lock or pool per request, so the bench leaves the cores to the
 /// node; several tasks, so both cores can work for it.
-async fn drive_http<F>(http: Arc<HttpPublisher>, plan: Drive, dest_of: Arc<F>) -> Sent
+pub(crate) async fn drive_http<F>(http: Arc<HttpPublisher>, plan: Drive, dest_of: Arc<F>) -> Sent
 where
     F: Fn(u64) -> Dest + Send + Sync + 'static,
 {
@@ -304,7 +407,9 @@ where
     let mut conns: Vec<Option<Conn>> = http.endpoints.iter().map(|_| None).collect();
     let plan = d.plan;
     loop {
-        if plan.duration.is_some_and(|max| d.start.elapsed() >= max) {
+        if plan.duration.is_some_and(|max| d.start.elapsed() >= max)
+            || http.stop.load(Ordering::Relaxed)
+        {
             break;
         }
         let i = d.next.fetch_add(1, Ordering::Relaxed);

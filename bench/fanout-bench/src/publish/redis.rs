@@ -59,13 +59,15 @@ pub(crate) struct RedisTarget {
     password: Option<String>,
     database: Option<u8>,
     prefix: String,
+    /// `FCALL fanout_publish` (history kept) instead of `PUBLISH`.
+    fcall: bool,
 }
 
 impl RedisTarget {
     /// Reads `redis://[[user]:password@]host[:port][/db]` (also `valkey://`)
     /// with fred's `Config::from_url`. TLS, cluster, sentinel and unix
     /// socket URLs are refused: this publisher speaks plain TCP to one server.
-    pub(crate) fn parse(url: &str, prefix: &str) -> anyhow::Result<Self> {
+    pub(crate) fn parse(url: &str, prefix: &str, fcall: bool) -> anyhow::Result<Self> {
         let scheme = url::Url::parse(url)
             .with_context(|| format!("--redis {url}"))?
             .scheme()
@@ -86,7 +88,12 @@ impl RedisTarget {
             password: config.password,
             database: config.database,
             prefix: prefix.to_owned(),
+            fcall,
         })
+    }
+
+    pub(crate) fn fcall(&self) -> bool {
+        self.fcall
     }
 
     /// Opens a connection: TCP_NODELAY, then AUTH and SELECT when the URL
@@ -165,11 +172,39 @@ fn encode_publish(
     extend_encode_borrowed(buf, &BorrowedFrame::Array(&args), false).map(drop)
 }
 
+/// Appends `FCALL fanout_publish 2 {<channel>}:h {<channel>}:m <channel>
+/// <message>` to `buf`: the history function the nodes load
+/// (src/broker/redis/fanout.lua), which appends the message to the
+/// channel's history and publishes it, as a node does for each publish.
+/// `keys` is scratch space for the two key names.
+fn encode_fcall(
+    buf: &mut BytesMut,
+    keys: &mut String,
+    channel: &str,
+    message: &str,
+) -> Result<(), RedisProtocolError> {
+    keys.clear();
+    let _ = write!(keys, "{{{channel}}}:h{{{channel}}}:m");
+    let (stream, meta) = keys.split_at(keys.len() / 2);
+    let args = [
+        BorrowedFrame::BulkString(b"FCALL"),
+        BorrowedFrame::BulkString(b"fanout_publish"),
+        BorrowedFrame::BulkString(b"2"),
+        BorrowedFrame::BulkString(stream.as_bytes()),
+        BorrowedFrame::BulkString(meta.as_bytes()),
+        BorrowedFrame::BulkString(channel.as_bytes()),
+        BorrowedFrame::BulkString(message.as_bytes()),
+    ];
+    extend_encode_borrowed(buf, &BorrowedFrame::Array(&args), false).map(drop)
+}
+
 /// One reply, as far as this publisher cares.
 #[derive(Debug, PartialEq, Eq)]
 enum Reply {
     /// `:n`: PUBLISH's answer (the receivers).
     Integer(i64),
+    /// `*…`: FCALL fanout_publish's answer (offset, epoch, receivers, repeated).
+    Array,
     /// `+…`: OK, PONG.
     Simple(String),
     /// `-…`: the command failed.
@@ -187,6 +222,7 @@ impl Reply {
             RangeFrame::Integer(n) => Self::Integer(n),
             RangeFrame::SimpleString(r) => Self::Simple(text(r)),
             RangeFrame::Error(r) => Self::Error(text(r)),
+            RangeFrame::Array(_) => Self::Array,
             other => Self::Other(format!("{other:?}")),
         }
     }
@@ -250,7 +286,7 @@ impl Conn {
                 continue;
             };
             match reply {
-                Reply::Integer(_) => {}
+                Reply::Integer(_) | Reply::Array => {}
                 Reply::Error(e) => fail(sent, offset, format!("PUBLISH: {e}")),
                 other => fail(sent, offset, format!("PUBLISH answered {other:?}")),
             }
@@ -366,7 +402,7 @@ async fn publish_all(target: &RedisTarget, plan: Drive, dest_of: impl Fn(u64) ->
         awaiting: VecDeque::new(),
     };
     let padding = "x".repeat(plan.pad);
-    let (mut channel, mut message) = (String::new(), String::new());
+    let (mut channel, mut message, mut keys) = (String::new(), String::new(), String::new());
     let mut i = 0u64;
     while i < plan.count {
         if plan.duration.is_some_and(|d| start.elapsed() >= d) {
@@ -405,7 +441,12 @@ async fn publish_all(target: &RedisTarget, plan: Drive, dest_of: impl Fn(u64) ->
             sent.send_times[j as usize] = t;
             let mut publish = |dest| {
                 target.channel(dest, &mut channel);
-                match encode_publish(&mut conn.out, &channel, &message) {
+                let encoded = if target.fcall {
+                    encode_fcall(&mut conn.out, &mut keys, &channel, &message)
+                } else {
+                    encode_publish(&mut conn.out, &channel, &message)
+                };
+                match encoded {
                     Ok(()) => conn.awaiting.push_back(j as usize),
                     Err(e) => fail(&mut sent, j as usize, format!("encoding PUBLISH: {e}")),
                 }
@@ -474,16 +515,16 @@ mod tests {
     /// database; TLS, cluster, sentinel and foreign URLs are refused.
     #[test]
     fn a_url_names_one_server_its_credentials_and_database() {
-        let t = RedisTarget::parse("redis://127.0.0.1:6380", "p").unwrap();
+        let t = RedisTarget::parse("redis://127.0.0.1:6380", "p", false).unwrap();
         assert_eq!(t.addr, "127.0.0.1:6380");
         assert_eq!((t.username, t.password, t.database), (None, None, None));
-        let t = RedisTarget::parse("redis://:pw@localhost/3", "p").unwrap();
+        let t = RedisTarget::parse("redis://:pw@localhost/3", "p", false).unwrap();
         assert_eq!(t.addr, "localhost:6379");
         assert_eq!(
             (t.username, t.password.as_deref(), t.database),
             (None, Some("pw"), Some(3))
         );
-        let t = RedisTarget::parse("redis://bench:p%40ss@127.0.0.1:7000/0", "p").unwrap();
+        let t = RedisTarget::parse("redis://bench:p%40ss@127.0.0.1:7000/0", "p", false).unwrap();
         assert_eq!(t.username.as_deref(), Some("bench"));
         assert_eq!((t.password.as_deref(), t.database), (Some("p@ss"), Some(0)));
         for url in [
@@ -493,14 +534,17 @@ mod tests {
             "http://127.0.0.1:6379",
             "127.0.0.1:6379",
         ] {
-            assert!(RedisTarget::parse(url, "p").is_err(), "{url} accepted");
+            assert!(
+                RedisTarget::parse(url, "p", false).is_err(),
+                "{url} accepted"
+            );
         }
     }
 
     /// Channels are the nodes' `<prefix>:user:u<i>`, `:group:g<n>`, `:all`.
     #[test]
     fn channels_follow_the_nodes_naming() {
-        let t = RedisTarget::parse("redis://127.0.0.1:6379", "fanout").unwrap();
+        let t = RedisTarget::parse("redis://127.0.0.1:6379", "fanout", false).unwrap();
         let mut ch = String::from("left over");
         for (dest, want) in [
             (Dest::User(7), "fanout:user:u7"),
@@ -533,6 +577,20 @@ mod tests {
             "*3\r\n$7\r\nPUBLISH\r\n$9\r\np:user:u1\r\n$2\r\n{}\r\n\
              *3\r\n$7\r\nPUBLISH\r\n$5\r\np:all\r\n$3\r\nhé\r\n\
              *2\r\n$4\r\nAUTH\r\n$2\r\npw\r\n"
+                .as_bytes()
+        );
+    }
+
+    /// FCALL names the channel's two keys in its hash slot, then the
+    /// channel and the body, as docs/redis.md tells a backend to.
+    #[test]
+    fn fcall_names_the_history_keys_of_the_channel() {
+        let (mut buf, mut keys) = (BytesMut::new(), String::new());
+        encode_fcall(&mut buf, &mut keys, "p:user:u1", "{}").unwrap();
+        assert_eq!(
+            &buf[..],
+            "*7\r\n$5\r\nFCALL\r\n$14\r\nfanout_publish\r\n$1\r\n2\r\n\
+             $13\r\n{p:user:u1}:h\r\n$13\r\n{p:user:u1}:m\r\n$9\r\np:user:u1\r\n$2\r\n{}\r\n"
                 .as_bytes()
         );
     }
@@ -601,7 +659,7 @@ mod tests {
         let acl = ["ACL", "SETUSER", "bench", "on", ">s3cret", "+@all"];
         assert_eq!(server.cli(&acl).unwrap().trim(), "OK");
         let url = format!("redis://bench:s3cret@127.0.0.1:{}/2", server.port);
-        let held = RedisTarget::parse(&url, "p")
+        let held = RedisTarget::parse(&url, "p", false)
             .unwrap()
             .connect()
             .await
@@ -615,7 +673,7 @@ mod tests {
         );
         drop(held);
         let url = format!("redis://bench:wrong@127.0.0.1:{}", server.port);
-        let err = RedisTarget::parse(&url, "p")
+        let err = RedisTarget::parse(&url, "p", false)
             .unwrap()
             .connect()
             .await
@@ -644,7 +702,7 @@ mod tests {
         ];
         assert_eq!(server.cli(&acl).unwrap().trim(), "OK");
         let url = format!("redis://bench:s3cret@127.0.0.1:{}", server.port);
-        let target = RedisTarget::parse(&url, "bench").unwrap();
+        let target = RedisTarget::parse(&url, "bench", false).unwrap();
         let dest_of = |i: u64| match i {
             5 => Dest::Users {
                 first: 10,
@@ -687,7 +745,7 @@ mod tests {
         let Some(mut server) = redis_server() else {
             return;
         };
-        let target = RedisTarget::parse(&server.url(), "bench").unwrap();
+        let target = RedisTarget::parse(&server.url(), "bench", false).unwrap();
         // Through the spawning entry point, as the scenarios call it.
         let run = tokio::spawn(drive(Arc::new(target), plan(1_000_000, 10_000.0), |i| {
             Dest::User(i % 50)
