@@ -124,6 +124,22 @@ struct Held {
     frames: Vec<Outbound>,
 }
 
+impl Queue {
+    /// Ends the holding of `channel`: its held frames. Once nothing is
+    /// held the vector's capacity goes too (idle sessions are most
+    /// sessions; each byte counts).
+    fn take_held(&mut self, channel: &Channel) -> Vec<Outbound> {
+        let held = match self.recovering.iter().position(|h| h.channel == *channel) {
+            Some(i) => self.recovering.swap_remove(i).frames,
+            None => Vec::new(),
+        };
+        if self.recovering.is_empty() {
+            self.recovering = Vec::new();
+        }
+        held
+    }
+}
+
 impl Session {
     pub fn new(id: ConnId, uid: Arc<str>, max_queue_bytes: usize) -> Self {
         Self {
@@ -188,6 +204,10 @@ impl Session {
                     return Ok(());
                 }
                 q.floors.swap_remove(i);
+                if q.floors.is_empty() {
+                    // Idle sessions keep no spare capacity.
+                    q.floors = Vec::new();
+                }
             }
         }
         let held = q
@@ -264,10 +284,7 @@ impl Session {
         replay: Vec<Outbound>,
     ) -> Result<(), PushError> {
         let mut q = self.inner.queue.lock();
-        let held = match q.recovering.iter().position(|h| h.channel == *channel) {
-            Some(i) => q.recovering.swap_remove(i).frames,
-            None => Vec::new(),
-        };
+        let held = q.take_held(channel);
         // Counted again as they are queued, with the replay.
         let held_bytes: usize = held.iter().map(|f| f.text.len()).sum();
         q.held_bytes = q.held_bytes.saturating_sub(held_bytes);
@@ -294,11 +311,9 @@ impl Session {
     /// Ends the recovery of `channel` with nothing delivered (it failed).
     pub fn abandon_recovery(&self, channel: &Channel) {
         let mut q = self.inner.queue.lock();
-        if let Some(i) = q.recovering.iter().position(|h| h.channel == *channel) {
-            let held = q.recovering.swap_remove(i).frames;
-            let bytes: usize = held.iter().map(|f| f.text.len()).sum();
-            q.held_bytes = q.held_bytes.saturating_sub(bytes);
-        }
+        let held = q.take_held(channel);
+        let bytes: usize = held.iter().map(|f| f.text.len()).sum();
+        q.held_bytes = q.held_bytes.saturating_sub(bytes);
     }
 
     /// Asks the connection to end with `reason`. The first reason wins;

@@ -182,9 +182,16 @@ struct Log {
     entries: VecDeque<Entry>,
     /// When the epoch and top are forgotten (renewed by every publish and read).
     expires: Instant,
-    /// Idempotency keys seen, with what they published, oldest first.
-    keys: HashMap<IdempotencyKey, (u64, usize)>,
-    key_order: VecDeque<(IdempotencyKey, Instant)>,
+    /// Idempotency keys seen; boxed, as most channels never see one and
+    /// every connected user has a channel.
+    keys: Option<Box<Keys>>,
+}
+
+/// A channel's idempotency keys, with what they published, oldest first.
+#[derive(Debug, Default)]
+struct Keys {
+    seen: HashMap<IdempotencyKey, (u64, usize)>,
+    order: VecDeque<(IdempotencyKey, Instant)>,
 }
 
 #[derive(Debug)]
@@ -216,8 +223,7 @@ impl Logs {
             top: 0,
             entries: VecDeque::new(),
             expires: now + meta_ttl,
-            keys: HashMap::new(),
-            key_order: VecDeque::new(),
+            keys: None,
         });
         if log.expires <= now {
             *log = Log {
@@ -225,8 +231,7 @@ impl Logs {
                 top: 0,
                 entries: VecDeque::new(),
                 expires: now,
-                keys: HashMap::new(),
-                key_order: VecDeque::new(),
+                keys: None,
             };
         }
         log.expires = now + meta_ttl;
@@ -250,7 +255,8 @@ impl Logs {
         let idempotency_ttl = self.options.idempotency_ttl;
         let log = self.log(channel, now);
         log.expire_keys(now);
-        if let Some((offset, receivers)) = key.and_then(|k| log.keys.get(k)) {
+        let seen = key.and_then(|k| log.keys.as_ref()?.seen.get(k));
+        if let Some((offset, receivers)) = seen {
             return Appended::Repeat {
                 position: Position::new(*offset, log.epoch.clone()),
                 receivers: *receivers,
@@ -271,12 +277,12 @@ impl Logs {
         log.trim(now, limits.ttl);
         if let Some(key) = key {
             // Receivers are filled in once known (`record_receivers`).
-            log.keys.insert(key.clone(), (offset, 0));
-            log.key_order
-                .push_back((key.clone(), now + idempotency_ttl));
-            while log.key_order.len() > MAX_KEYS_PER_CHANNEL {
-                if let Some((k, _)) = log.key_order.pop_front() {
-                    log.keys.remove(&k);
+            let keys = log.keys.get_or_insert_with(Box::default);
+            keys.seen.insert(key.clone(), (offset, 0));
+            keys.order.push_back((key.clone(), now + idempotency_ttl));
+            while keys.order.len() > MAX_KEYS_PER_CHANNEL {
+                if let Some((k, _)) = keys.order.pop_front() {
+                    keys.seen.remove(&k);
                 }
             }
         }
@@ -288,7 +294,7 @@ impl Logs {
         if let Some(entry) = self
             .channels
             .get_mut(channel)
-            .and_then(|log| log.keys.get_mut(key))
+            .and_then(|log| log.keys.as_mut()?.seen.get_mut(key))
         {
             entry.1 = n;
         }
@@ -378,10 +384,16 @@ impl Log {
     }
 
     fn expire_keys(&mut self, now: Instant) {
-        while self.key_order.front().is_some_and(|(_, at)| *at <= now) {
-            if let Some((k, _)) = self.key_order.pop_front() {
-                self.keys.remove(&k);
+        let Some(keys) = &mut self.keys else {
+            return;
+        };
+        while keys.order.front().is_some_and(|(_, at)| *at <= now) {
+            if let Some((k, _)) = keys.order.pop_front() {
+                keys.seen.remove(&k);
             }
+        }
+        if keys.order.is_empty() {
+            self.keys = None;
         }
     }
 }

@@ -30,11 +30,71 @@ use crate::{
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// One connection, from upgrade to close.
-pub(super) async fn run(
+///
+/// The task's future is allocated once and lives as long as the
+/// connection, and an async fn's state holds all its parameters plus its
+/// largest await. So the one-off setup (authentication, positions, a
+/// resume's history reads) runs in a future of its own, on the heap only
+/// until it is done, and the task keeps just that box and the [`Live`]
+/// connection.
+pub(super) fn run(
+    socket: WebSocket,
+    state: AppState,
+    creds: Option<(Credentials, Positions)>,
+) -> impl Future<Output = ()> + Send {
+    let setup = Box::pin(setup(socket, state, creds));
+    async move {
+        let live = {
+            // Moved here, so the finished setup is freed before the
+            // connection's life begins.
+            let setup = setup;
+            setup.await
+        };
+        // Taken apart rather than handed to another async fn, which would
+        // keep a second copy of it for the connection's life.
+        let Some(Live {
+            mut conn,
+            welcome,
+            shutdown,
+        }) = live
+        else {
+            return;
+        };
+        let write_timeout = conn.cfg.write_timeout;
+        // Boxed, like every one-off step: only the loop's waits should
+        // count in the connection's long-lived future.
+        let welcomed = Box::pin(conn.write_with_timeout([text(welcome)], true)).await;
+        let served = match welcomed {
+            Ok(()) => conn.serve(&shutdown).await,
+            Err(_) => None,
+        };
+        let ended = match served {
+            Some(reason) => {
+                Box::pin(finish(&mut conn.socket, reason, write_timeout)).await;
+                Ended::Closed(reason)
+            }
+            // The client closed: send the close reply tungstenite has queued.
+            None => {
+                let _ = timeout(write_timeout, conn.socket.flush()).await;
+                if conn.peer_closed {
+                    Ended::ClientClosed
+                } else {
+                    Ended::ConnectionLost
+                }
+            }
+        };
+        Box::pin(conn.client.disconnect()).await;
+        metrics::connection_closed(Transport::WebSocket, ended);
+    }
+}
+
+/// Authenticates and registers the connection; `None` once it has been
+/// refused (and closed).
+async fn setup(
     mut socket: WebSocket,
     state: AppState,
     creds: Option<(Credentials, Positions)>,
-) {
+) -> Option<Live> {
     let (creds, since) = match creds {
         Some(c) => c,
         None => match handshake::authenticate(&mut socket, &state).await {
@@ -48,7 +108,7 @@ pub(super) async fn run(
                     _ => Rejected::AuthFailed,
                 });
                 finish(&mut socket, reason, state.cfg.write_timeout).await;
-                return;
+                return None;
             }
         },
     };
@@ -76,7 +136,7 @@ pub(super) async fn run(
                 state.cfg.write_timeout,
             )
             .await;
-            return;
+            return None;
         }
         Err(ConnectError::Unavailable(e)) => {
             tracing::warn!(error = %e, "cannot register connection");
@@ -94,30 +154,26 @@ pub(super) async fn run(
                 state.cfg.write_timeout,
             )
             .await;
-            return;
+            return None;
         }
     };
     metrics::connection_opened(Transport::WebSocket);
     let AppState { cfg, shutdown, .. } = state;
-    let mut conn = Conn::new(socket, client, cfg);
-    let write_timeout = conn.cfg.write_timeout;
-    let ended = match conn.serve(welcome, &shutdown).await {
-        Some(reason) => {
-            finish(&mut conn.socket, reason, write_timeout).await;
-            Ended::Closed(reason)
-        }
-        // The client closed: send the close reply tungstenite has queued.
-        None => {
-            let _ = timeout(write_timeout, conn.socket.flush()).await;
-            if conn.peer_closed {
-                Ended::ClientClosed
-            } else {
-                Ended::ConnectionLost
-            }
-        }
-    };
-    conn.client.disconnect().await;
-    metrics::connection_closed(Transport::WebSocket, ended);
+    Some(Live {
+        conn: Box::new(Conn::new(socket, client, cfg)),
+        welcome,
+        shutdown,
+    })
+}
+
+/// A registered connection and what it still needs: its welcome frame,
+/// and the shutdown it watches.
+struct Live {
+    /// Boxed: the task's future would otherwise hold it twice (as `Live`
+    /// and as the local it is taken apart into).
+    conn: Box<Conn>,
+    welcome: String,
+    shutdown: Shutdown,
 }
 
 /// Maps a read error to a close we can still send, or `None` when the
@@ -220,14 +276,7 @@ impl Conn {
 
     /// Runs until the connection must end: `Some(reason)` to send a close,
     /// `None` when the client is gone or already closed.
-    async fn serve(&mut self, welcome: String, shutdown: &Shutdown) -> Option<CloseReason> {
-        if self
-            .write_with_timeout([text(welcome)], true)
-            .await
-            .is_err()
-        {
-            return None;
-        }
+    async fn serve(&mut self, shutdown: &Shutdown) -> Option<CloseReason> {
         if shutdown.is_triggered() {
             return Some(CloseReason::shutdown());
         }
@@ -256,7 +305,7 @@ impl Conn {
                     expiry = self.client.expires_at();
                     timer.as_mut().reset(self.next_wake(expiry));
                 }
-                Step::Close(reason) => return Some(self.before_close(reason).await),
+                Step::Close(reason) => return Some(Box::pin(self.before_close(reason)).await),
                 Step::Gone => return None,
             }
         }
