@@ -76,21 +76,23 @@ pub async fn handler(
     let cfg = state.cfg.clone();
     let tracker = state.shutdown.tracker().clone();
     let shutdown = state.shutdown.clone();
+    let Connected {
+        client,
+        welcome,
+        positions,
+    } = connected;
+    // Built before the task and boxed: the task's future lives as long as
+    // the stream and should hold only a pointer to it.
+    let mut conn = Box::new(SseConn {
+        client,
+        cfg,
+        tx,
+        positions,
+    });
+    metrics::connection_opened(Transport::Sse);
     tracker.spawn(async move {
-        metrics::connection_opened(Transport::Sse);
-        let Connected {
-            client,
-            welcome,
-            positions,
-        } = connected;
-        let mut conn = SseConn {
-            client,
-            cfg,
-            tx,
-            positions,
-        };
         let ended = conn.serve(welcome, &shutdown).await;
-        conn.client.disconnect().await;
+        Box::pin(conn.client.disconnect()).await;
         metrics::connection_closed(Transport::Sse, ended);
     });
     let body = Body::from_stream(tokio_stream_of(rx));
@@ -268,7 +270,10 @@ enum Stop {
 impl SseConn {
     async fn serve(&mut self, welcome: String, shutdown: &crate::shutdown::Shutdown) -> Ended {
         let first = event(Some(&format_since_compact(&self.positions)), None, &welcome);
-        if let Err(Stop::Gone(e)) = self.send(first).await {
+        drop(welcome);
+        // The one-off steps are boxed: only the loop's waits should count
+        // in the stream's long-lived future.
+        if let Err(Stop::Gone(e)) = Box::pin(self.send(first)).await {
             return e;
         }
         let reason = if shutdown.is_triggered() {
@@ -279,7 +284,7 @@ impl SseConn {
                 Stop::Gone(e) => return e,
             }
         };
-        self.close(reason).await
+        Box::pin(self.close(reason)).await
     }
 
     /// Writes the session's frames until the connection must end.
