@@ -13,7 +13,7 @@
 //! - [`app`]: settings built once from the configuration; builds, runs and
 //!   shuts down a gateway. [`dev`]: `serve --dev` secrets and banner.
 //! - [`api`]: the backend HTTP API and the internal `/metrics`, `/healthz`,
-//!   `/readyz`. [`transport`]: client transports (WebSocket).
+//!   `/readyz`. [`transport`]: client transports (WebSocket, SSE).
 //! - [`state`]: what every handler shares.
 //! - [`client`]: what a client frame means; the one error → code mapping.
 //! - [`node`]: connect, join, leave, publish, commands, subscriptions,
