@@ -331,3 +331,50 @@ async fn prometheus_scrapes_a_node() {
     let _ = server.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The alert rules in docs/operations.md §6 are valid Prometheus rules
+/// (`promtool check rules`) and query only metrics fanout exposes.
+#[test]
+fn documented_alert_rules_are_valid() {
+    let doc = include_str!("../docs/operations.md");
+    let section = doc
+        .split("## 6. Dashboard and alerts")
+        .nth(1)
+        .expect("operations.md has section 6");
+    let rules = section
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|s| s.split("```").next())
+        .expect("section 6 has a yaml block");
+    let declared = declared_metrics();
+    let used: BTreeSet<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("fanout_") || w.starts_with("process_"))
+        .map(|w| w.trim_end_matches("_bucket"))
+        .collect();
+    let unknown: Vec<&&str> = used.iter().filter(|n| !declared.contains(**n)).collect();
+    assert!(
+        unknown.is_empty(),
+        "rules query undeclared metrics: {unknown:?}"
+    );
+    let Some(promtool) = tool("PROMTOOL_BIN") else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("fanout-rules-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("rules.yml");
+    std::fs::write(&file, rules).unwrap();
+    let out = Command::new(promtool)
+        .arg("check")
+        .arg("rules")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "promtool check rules:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
