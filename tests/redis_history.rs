@@ -5,6 +5,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
 use support::{
     Client,
@@ -437,4 +439,58 @@ async fn resumes_racing_with_publishes_across_nodes_lose_and_repeat_nothing() {
         seen_group > 50 && seen_user > 50,
         "{seen_group} {seen_user}"
     );
+}
+
+/// History is bounded by age as well as count: once the oldest message a
+/// client missed is older than the channel's TTL, the channel comes back
+/// `recovered: false`, even while newer messages keep the history alive,
+/// whether the node asks (it passes its TTL) or a backend calls
+/// `fanout_history` without one (the library's default, which the node
+/// filled in from its own configuration).
+#[tokio::test]
+async fn messages_older_than_the_ttl_are_not_replayed() {
+    if !support::redis::available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let a = node("a", &redis.url(), &["--history-user-ttl", "2s"]);
+    let (c, welcome) = a.client_welcome("old1").await;
+    let start = welcome["positions"]["user:old1"].clone();
+    let epoch = start["epoch"].as_str().unwrap().to_owned();
+    drop(c);
+    publish(&a, json!({"users": ["old1"]}), json!(0)).await;
+    let history = |since: &str| {
+        redis.cli(&[
+            "FCALL",
+            "fanout_history",
+            "2",
+            "{fanout:user:old1}:h",
+            "{fanout:user:old1}:m",
+            since,
+            &epoch,
+            "100",
+        ])
+    };
+    let complete = |reply: String| reply.lines().nth(2).map(|l| l.trim() == "1");
+    // Within the TTL the first message is replayed.
+    let (_c, w) = a.resume("old1", json!({"user:old1": start})).await;
+    assert_eq!(w["recovered"], json!({"user:old1": true}), "{w}");
+    assert_eq!(complete(history("0")), Some(true));
+    // Newer messages keep the stream (and the first message) in Redis.
+    let mut top = 1;
+    for n in 1..=6 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        top = publish(&a, json!({"users": ["old1"]}), json!(n)).await["positions"]["user:old1"]
+            ["offset"]
+            .as_u64()
+            .unwrap();
+    }
+    let (_c, w) = a.resume("old1", json!({"user:old1": start})).await;
+    assert_eq!(w["recovered"], json!({"user:old1": false}), "{w}");
+    assert_eq!(complete(history("0")), Some(false));
+    // The last message is recent: a client that missed only it recovers.
+    let recent = json!({"offset": top - 1, "epoch": epoch});
+    let (_c, w) = a.resume("old1", json!({"user:old1": recent})).await;
+    assert_eq!(w["recovered"], json!({"user:old1": true}), "{w}");
+    assert_eq!(complete(history(&(top - 1).to_string())), Some(true));
 }

@@ -171,8 +171,15 @@ local function publish(keys, args)
       end
     end
   end
-  local epoch = meta(keys, meta_ttl)
+  -- The epoch only (HINCRBY below returns the new top offset).
+  local epoch = redis.call('HGET', keys[2], 'e')
+  if not epoch then
+    epoch = new_epoch(nil)
+    redis.call('DEL', keys[1])
+    redis.call('HSET', keys[2], 'e', epoch, 'o', 0)
+  end
   local offset = redis.call('HINCRBY', keys[2], 'o', 1)
+  redis.call('PEXPIRE', keys[2], meta_ttl)
   local head = '{"offset":' .. offset .. ',"epoch":"' .. epoch .. '"'
   if needs_id then
     -- Unique per channel and epoch; the channel's hash tells channels apart.
@@ -188,9 +195,16 @@ local function publish(keys, args)
     full = head .. ',' .. rest
   end
   if size > 0 then
+    -- Trimmed by count on every message, by age on every 16th (a TIME
+    -- and an XTRIM each time cost Redis about a tenth of the call), so up
+    -- to 15 entries older than the TTL may wait for their trim; reads
+    -- treat them as gone (fanout_history). The key itself expires a TTL
+    -- after the last message, so an idle channel's history goes whole.
     redis.call('XADD', keys[1], 'MAXLEN', size, '*', 'd', full)
     if ttl > 0 then
-      redis.call('XTRIM', keys[1], 'MINID', now_ms() - ttl)
+      if offset % 16 == 0 then
+        redis.call('XTRIM', keys[1], 'MINID', now_ms() - ttl)
+      end
       redis.call('PEXPIRE', keys[1], ttl)
     end
   end
@@ -213,11 +227,24 @@ local function position(keys, args)
   return { top, epoch }
 end
 
+-- The history TTL of the channel whose stream key is `stream`
+-- (`{<prefix>:<kind>...}:h`, or `<prefix>:<kind>...:h` with a hash tag of
+-- its own), from this library's defaults.
+local function default_ttl(stream)
+  local base = string.gsub(string.gsub(stream, ':h$', ''), '[{}]', '')
+  local kind = kind_of(base)
+  if kind == nil then
+    return 0
+  end
+  return DEFAULTS[kind].ttl
+end
+
 -- FCALL fanout_history 2 <stream> <meta> <since offset> <since epoch>
---   <limit> [meta_ttl_ms]
+--   <limit> [meta_ttl_ms [ttl_ms]]
 -- Returns {top offset, epoch, complete (1/0), body...}: the bodies after
--- <since>, newest first, when all of them are still kept, <since> is of
--- the current epoch and there are at most <limit>.
+-- <since>, newest first, when all of them are still kept (and none is
+-- older than the TTL), <since> is of the current epoch and there are at
+-- most <limit>.
 local function history(keys, args)
   local since = number(args[1], -1)
   local since_epoch = args[2]
@@ -236,6 +263,15 @@ local function history(keys, args)
   local entries = redis.call('XREVRANGE', keys[1], '+', '-', 'COUNT', missed)
   if #entries < missed then
     return { top, epoch, 0 }
+  end
+  -- Entry ids are the server's clock in milliseconds when each was added:
+  -- the oldest one needed must be within the TTL.
+  local ttl = number(args[5], default_ttl(keys[1]))
+  if ttl > 0 then
+    local oldest = tonumber(string.match(entries[#entries][1], '^(%d+)-'))
+    if oldest == nil or oldest < now_ms() - ttl then
+      return { top, epoch, 0 }
+    end
   end
   local out = { top, epoch, 1 }
   for i = 1, #entries do

@@ -233,11 +233,14 @@ impl RedisBroker {
         since: &Position,
         limit: usize,
     ) -> Result<History, BrokerError> {
+        let history = &self.inner.history;
+        let ttl = history.limits(channel).unwrap_or(history.user).ttl;
         let args = vec![
             Value::from(since.offset as i64),
             Value::from(since.epoch.as_str()),
             Value::from(limit as i64),
-            Value::from(ms(self.inner.history.meta_ttl) as i64),
+            Value::from(ms(history.meta_ttl) as i64),
+            Value::from(ms(ttl) as i64),
         ];
         let reply = self.fcall("fanout_history", channel, None, args).await?;
         let top = position_of(&reply, "fanout_history")?;
