@@ -616,15 +616,15 @@ pub fn process_exposition() -> String {
             fds as f64,
         );
     }
-    if let Some(limits) = me.as_ref().and_then(|p| p.limits().ok()) {
-        if let LimitValue::Value(max) = limits.max_open_files.soft_limit {
-            emit(
-                PROCESS_MAX_FDS,
-                "gauge",
-                "Maximum number of open file descriptors.",
-                max as f64,
-            );
-        }
+    if let Some(limits) = me.as_ref().and_then(|p| p.limits().ok())
+        && let LimitValue::Value(max) = limits.max_open_files.soft_limit
+    {
+        emit(
+            PROCESS_MAX_FDS,
+            "gauge",
+            "Maximum number of open file descriptors.",
+            max as f64,
+        );
     }
     emit(
         PROCESS_START_TIME,

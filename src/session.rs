@@ -193,21 +193,19 @@ impl Session {
             position: Some(position.clone()),
         };
         let mut q = self.inner.queue.lock();
-        if !q.floors.is_empty() {
-            if let Some(i) = q.floors.iter().position(|f| f.channel == position.channel) {
-                let start = &q.floors[i].start;
-                if start.epoch == position.position.epoch
-                    && position.position.offset <= start.offset
-                {
-                    // Before where this session started: not a duplicate
-                    // to deliver.
-                    return Ok(());
-                }
-                q.floors.swap_remove(i);
-                if q.floors.is_empty() {
-                    // Idle sessions keep no spare capacity.
-                    q.floors = Vec::new();
-                }
+        if !q.floors.is_empty()
+            && let Some(i) = q.floors.iter().position(|f| f.channel == position.channel)
+        {
+            let start = &q.floors[i].start;
+            if start.epoch == position.position.epoch && position.position.offset <= start.offset {
+                // Before where this session started: not a duplicate
+                // to deliver.
+                return Ok(());
+            }
+            q.floors.swap_remove(i);
+            if q.floors.is_empty() {
+                // Idle sessions keep no spare capacity.
+                q.floors = Vec::new();
             }
         }
         let held = q

@@ -56,13 +56,13 @@ pub(super) async fn publish(
 ) -> Result<Json<PublishResponse>, HttpError> {
     let Json(req) = body?;
     let targets = validate(req.to)?;
-    if let Some(event) = &req.event {
-        if !is_valid_event(event) {
-            return Err(HttpError::bad_request(
-                "invalid_event",
-                "`event` must be 1-128 bytes",
-            ));
-        }
+    if let Some(event) = &req.event
+        && !is_valid_event(event)
+    {
+        return Err(HttpError::bad_request(
+            "invalid_event",
+            "`event` must be 1-128 bytes",
+        ));
     }
     let key = match req.idempotency_key.as_deref() {
         None => None,

@@ -149,10 +149,10 @@ impl IdempotencyKey {
 /// epoch), never equal to `previous`.
 pub fn new_epoch(previous: Option<&Epoch>) -> Epoch {
     loop {
-        if let Some(e) = Epoch::parse(&random_id(8)) {
-            if Some(&e) != previous {
-                return e;
-            }
+        if let Some(e) = Epoch::parse(&random_id(8))
+            && Some(&e) != previous
+        {
+            return e;
         }
     }
 }

@@ -37,10 +37,10 @@ pub(super) struct PendingQuery {
 
 impl PendingQuery {
     fn check_done(&mut self) {
-        if self.expected.is_some_and(|n| self.replies >= n) {
-            if let Some(done) = self.done.take() {
-                let _ = done.send(());
-            }
+        if self.expected.is_some_and(|n| self.replies >= n)
+            && let Some(done) = self.done.take()
+        {
+            let _ = done.send(());
         }
     }
 

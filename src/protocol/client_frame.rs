@@ -136,14 +136,14 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
         }),
         "publish" => {
             let group = group(raw.group)?;
-            if let Some(event) = &raw.event {
-                if !is_valid_event(event) {
-                    return Err(FrameError::new(
-                        id,
-                        ErrorCode::InvalidEvent,
-                        "event names are 1-128 bytes",
-                    ));
-                }
+            if let Some(event) = &raw.event
+                && !is_valid_event(event)
+            {
+                return Err(FrameError::new(
+                    id,
+                    ErrorCode::InvalidEvent,
+                    "event names are 1-128 bytes",
+                ));
             }
             Ok(ClientFrame::Publish {
                 id,

@@ -63,10 +63,10 @@ impl FanoutProcess {
             let (log, tx) = (log.clone(), tx.clone());
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                        if v["fields"]["message"] == "fanout listening" {
-                            let _ = tx.send(v["fields"].clone());
-                        }
+                    if let Ok(v) = serde_json::from_str::<Value>(&line)
+                        && v["fields"]["message"] == "fanout listening"
+                    {
+                        let _ = tx.send(v["fields"].clone());
                     }
                     log.lock().unwrap().push(line);
                 }

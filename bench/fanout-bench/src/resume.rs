@@ -90,7 +90,7 @@ impl ResumeSpec {
         };
         let via = if index % 100 < u64::from(plan.sse_percent) {
             Via::Sse
-        } else if index % 2 == 0 {
+        } else if index.is_multiple_of(2) {
             Via::WsQuery
         } else {
             Via::WsAuth

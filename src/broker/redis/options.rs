@@ -52,13 +52,13 @@ impl RedisOptions {
 }
 
 fn fred_config(cfg: &Config) -> Result<Option<FredConfig>, String> {
-    if let Some(url) = &cfg.redis_url {
-        if !SCHEMES.iter().any(|s| url.starts_with(s)) {
-            return Err(format!(
-                "{ENV_REDIS_URL} must start with one of: {}",
-                SCHEMES.join(", ")
-            ));
-        }
+    if let Some(url) = &cfg.redis_url
+        && !SCHEMES.iter().any(|s| url.starts_with(s))
+    {
+        return Err(format!(
+            "{ENV_REDIS_URL} must start with one of: {}",
+            SCHEMES.join(", ")
+        ));
     }
     let base = match &cfg.redis_url {
         Some(url) => Some(
@@ -91,13 +91,13 @@ fn fred_config(cfg: &Config) -> Result<Option<FredConfig>, String> {
         }
         return Ok(None);
     };
-    if cfg.redis_cluster {
-        if let ServerConfig::Centralized { server } = &fred.server {
-            fred.server = ServerConfig::Clustered {
-                hosts: vec![server.clone()],
-                policy: ClusterDiscoveryPolicy::default(),
-            };
-        }
+    if cfg.redis_cluster
+        && let ServerConfig::Centralized { server } = &fred.server
+    {
+        fred.server = ServerConfig::Clustered {
+            hosts: vec![server.clone()],
+            policy: ClusterDiscoveryPolicy::default(),
+        };
     }
     Ok(Some(fred))
 }
