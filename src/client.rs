@@ -255,6 +255,9 @@ pub struct Start {
 pub struct Connected {
     pub client: Client,
     pub welcome: String,
+    /// Where the connection is on each channel before its first queued
+    /// frame: the client's own position for a recovered channel (its
+    /// replay follows), else the channel's top (as in `welcome`).
     pub positions: Positions,
 }
 
@@ -289,12 +292,28 @@ impl Client {
         };
         match client.start(&channels, &groups, &since).await {
             Ok(resumed) => {
-                let positions: Positions = channels
+                let tops: Positions = channels
                     .iter()
                     .zip(&resumed)
                     .map(|(c, r)| (c.clone(), r.top.clone()))
                     .collect();
-                let welcome = client.welcome(heartbeat, &positions, &since, &channels, &resumed);
+                let welcome = client.welcome(heartbeat, &tops, &since, &channels, &resumed);
+                // Where the connection really is before the replay: a
+                // recovered channel is still at the client's own position
+                // until its replayed messages are written (an SSE stream's
+                // first `id:` must not skip them if it breaks right after
+                // `welcome`); every other channel is at its top.
+                let positions: Positions = channels
+                    .iter()
+                    .zip(&resumed)
+                    .map(|(c, r)| {
+                        let at = match (r.recovered, since.get(c)) {
+                            (Some(true), Some(p)) => p.clone(),
+                            _ => r.top.clone(),
+                        };
+                        (c.clone(), at)
+                    })
+                    .collect();
                 for (channel, r) in channels.iter().zip(resumed) {
                     r.finish(&client.session, channel);
                 }

@@ -98,7 +98,16 @@ async fn last_event_id_resumes_every_channel() {
             .publish_ok(json!({"users": ["s2"]}), "e", json!(3))
             .await,
     );
-    let mut sse = stream(&server, &query, &[("last-event-id", &last)]).await;
+    // A stream that breaks right after `welcome`: the welcome's id is
+    // still where the client was (not the channels' tops), so the next
+    // reconnect replays what the broken one never delivered.
+    let mut broken = stream(&server, &query, &[("last-event-id", &last)]).await;
+    let first = broken.next_of("welcome").await;
+    assert_eq!(first.id.as_deref(), Some(last.as_str()), "{:?}", first.data);
+    assert_eq!(first.data["positions"]["user:s2"]["offset"], 1, "tops");
+    drop(broken);
+    let first_id = first.id.unwrap();
+    let mut sse = stream(&server, &query, &[("last-event-id", &first_id)]).await;
     let welcome = sse.next_of("welcome").await;
     assert_eq!(
         welcome.data["recovered"],
