@@ -5,7 +5,7 @@ CARGO ?= cargo
 LISTEN ?= 127.0.0.1:8080
 INTERNAL ?= 127.0.0.1:9090
 
-.PHONY: run build test fmt fmt-check lint unit-test ensure-redis ensure-node ensure-examples helm-lint bench bench-compare
+.PHONY: run build test fmt fmt-check lint unit-test client-test ensure-redis ensure-node ensure-examples helm-lint bench bench-compare cluster
 
 ## Build and start a development node (generated secret and API key, printed).
 run:
@@ -16,7 +16,7 @@ build:
 
 ## Everything CI checks: formatting, lints, every test of every package of
 ## the workspace (the server and bench/), the Helm chart.
-test: fmt-check lint unit-test helm-lint
+test: fmt-check lint unit-test client-test helm-lint
 
 fmt:
 	$(CARGO) fmt --all
@@ -41,6 +41,14 @@ unit-test: ensure-redis ensure-node ensure-examples
 	else \
 		$(CARGO) test --workspace --no-fail-fast; \
 	fi
+
+## The client library (clients/js): the committed dist/ is what its
+## sources build to (the server embeds dist/fanout.js as /client.js), and
+## its unit tests and its integration tests against a real fanout pass.
+client-test: ensure-node ensure-redis
+	$(CARGO) build --bin fanout
+	cd clients/js && npm run --silent check-dist && \
+		FANOUT_REQUIRE_TOOLS=1 FANOUT_BIN="$(CURDIR)/target/debug/fanout" npm test
 
 ensure-redis:
 	@.ci/ensure-redis.sh
