@@ -23,7 +23,7 @@ use crate::{
     origin::OriginPolicy,
     shutdown::{self, Shutdown},
     state::AppState,
-    transport,
+    transport, web,
 };
 
 /// A gateway's validated configuration and what is derived from it once,
@@ -203,10 +203,19 @@ pub async fn spawn(settings: Settings, shutdown: Shutdown) -> anyhow::Result<App
 /// The public router: the client transports and the backend API. Every
 /// error, unknown paths and methods included, is a JSON body.
 fn router(state: &AppState) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/ws", get(transport::ws::handler))
         .route("/sse", get(transport::sse::handler))
         .nest("/api", api::router(state))
+        .merge(web::router(state.cfg.dev));
+    // The demo page's token minting and key-less publishing exist only in
+    // development mode.
+    let router = if state.cfg.dev {
+        router.nest("/dev", api::dev::router(state))
+    } else {
+        router
+    };
+    router
         .fallback(|| async { HttpError::not_found() })
         .method_not_allowed_fallback(|| async { HttpError::method_not_allowed() })
         .with_state(state.clone())

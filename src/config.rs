@@ -13,6 +13,7 @@ use clap::{Args, FromArgMatches, Parser, Subcommand, builder::BoolishValueParser
 pub const ENV_LISTEN: &str = "FANOUT_LISTEN";
 pub const ENV_NODE_ID: &str = "FANOUT_NODE_ID";
 pub const ENV_DEV: &str = "FANOUT_DEV";
+pub const ENV_DEV_FILE: &str = "FANOUT_DEV_FILE";
 pub const ENV_JWT_ALGORITHM: &str = "FANOUT_JWT_ALGORITHM";
 pub const ENV_JWT_SECRET: &str = "FANOUT_JWT_SECRET";
 pub const ENV_JWT_PUBLIC_KEY: &str = "FANOUT_JWT_PUBLIC_KEY";
@@ -234,11 +235,17 @@ pub struct Config {
     #[arg(long, env = ENV_NODE_ID)]
     pub node_id: Option<String>,
 
-    /// Development mode: generate a JWT secret and an API key when none is set, allow any
-    /// Origin, and print a ready-to-use token, browser snippet and curl command.
+    /// Development mode: generate a JWT secret and an API key when none is set (kept in
+    /// `--dev-file`), allow any Origin, serve the demo page at `/` with its `/dev/*`
+    /// helpers, and print a ready-to-use token, the demo's address and a curl command.
     #[arg(long, env = ENV_DEV, value_parser = BoolishValueParser::new(),
           num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     pub dev: bool,
+
+    /// Development mode only: the file that keeps the generated JWT secret and API key, so
+    /// that a restart keeps tokens and open pages working. Delete it to rotate them.
+    #[arg(long, env = ENV_DEV_FILE, default_value = ".fanout-dev.json")]
+    pub dev_file: std::path::PathBuf,
 
     /// JWT signature algorithm clients' tokens must use (the only one accepted).
     #[arg(long, env = ENV_JWT_ALGORITHM, value_enum, default_value_t = JwtAlgorithm::Hs256)]

@@ -1,28 +1,108 @@
-//! `fanout serve --dev`: fills in generated secrets and prints how to use
-//! them. Never for production: the secret and key change on every start.
+//! `fanout serve --dev`: fills in secrets, kept in `--dev-file` so that a
+//! restart keeps tokens and open pages working, and prints how to use
+//! them. Never for production: anyone who reaches a development node may
+//! mint tokens and publish (`/dev/*`), and any Origin may connect.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{io::Write, net::SocketAddr, path::Path, time::Duration};
 
 use base64::Engine;
+use serde::{Deserialize, Serialize};
 
 use crate::{auth::Authenticator, config::Config};
 
 /// The uid of the printed development token.
 pub const DEV_UID: &str = "dev-user";
 
-/// Generates what is missing and opens the Origin check. Returns notes to log.
-pub fn prepare(cfg: &mut Config) -> Vec<String> {
+/// What `--dev-file` holds.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DevSecrets {
+    jwt_secret: String,
+    api_key: String,
+}
+
+/// Fills in what is missing (from the dev file, else generated and saved
+/// there) and opens the Origin check. Returns notes to log, or why the dev
+/// file cannot be used.
+pub fn prepare(cfg: &mut Config) -> Result<Vec<String>, String> {
     let mut notes =
         vec!["development mode: any Origin may connect (--allowed-origins is ignored)".to_owned()];
-    if cfg.jwt.secret.is_none() && cfg.jwt_public_key.is_none() {
-        cfg.jwt.secret = Some(random_secret());
-        notes.push("development mode: generated a JWT secret (printed below)".into());
+    let needs_secret = cfg.jwt.secret.is_none() && cfg.jwt_public_key.is_none();
+    let needs_key = cfg.api_keys.is_empty();
+    if !needs_secret && !needs_key {
+        return Ok(notes);
     }
-    if cfg.api_keys.is_empty() {
-        cfg.api_keys = vec![random_secret()];
-        notes.push("development mode: generated an API key (printed below)".into());
+    let path = cfg.dev_file.clone();
+    let secrets = match read(&path)? {
+        Some(kept) => {
+            notes.push(format!(
+                "development mode: using the secret and API key kept in {} (delete it to rotate them)",
+                path.display()
+            ));
+            kept
+        }
+        None => {
+            let fresh = DevSecrets {
+                jwt_secret: random_secret(),
+                api_key: random_secret(),
+            };
+            match write(&path, &fresh) {
+                Ok(()) => notes.push(format!(
+                    "development mode: generated a JWT secret and an API key, kept in {} for the next start (delete it to rotate them)",
+                    path.display()
+                )),
+                Err(e) => notes.push(format!(
+                    "development mode: generated a JWT secret and an API key; cannot keep them in {} ({e}), so they change on every start",
+                    path.display()
+                )),
+            }
+            fresh
+        }
+    };
+    if needs_secret {
+        cfg.jwt.secret = Some(secrets.jwt_secret);
     }
-    notes
+    if needs_key {
+        cfg.api_keys = vec![secrets.api_key];
+    }
+    Ok(notes)
+}
+
+/// The kept secrets, `None` when there is no dev file yet.
+fn read(path: &Path) -> Result<Option<DevSecrets>, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read the dev file {}: {e}", path.display())),
+    };
+    let kept: DevSecrets = serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "the dev file {} is not what --dev wrote ({e}); delete it to generate new secrets",
+            path.display()
+        )
+    })?;
+    if kept.jwt_secret.len() < 16 || kept.api_key.len() < 16 {
+        return Err(format!(
+            "the dev file {} holds a secret or key shorter than 16 characters; delete it to generate new ones",
+            path.display()
+        ));
+    }
+    Ok(Some(kept))
+}
+
+/// Writes the dev file readable by its owner only.
+fn write(path: &Path, secrets: &DevSecrets) -> std::io::Result<()> {
+    let json = serde_json::to_string_pretty(secrets).map_err(std::io::Error::other)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(json.as_bytes())?;
+    file.write_all(b"\n")
 }
 
 fn random_secret() -> String {
@@ -30,7 +110,8 @@ fn random_secret() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// The banner: secret, key, a token, a browser snippet and a curl publish.
+/// The banner: the demo page, secret, key, a token, a console snippet and a
+/// curl publish.
 pub fn banner(cfg: &Config, auth: &Authenticator, addr: SocketAddr) -> String {
     let host = if addr.ip().is_unspecified() {
         SocketAddr::from(([127, 0, 0, 1], addr.port()))
@@ -65,8 +146,13 @@ pub fn banner(cfg: &Config, auth: &Authenticator, addr: SocketAddr) -> String {
         r#"
 fanout is running in development mode on http://{host}
 
+  Open the demo:  http://{host}/
+  (group chat, notifications to a user id, online counts; open it in two
+  tabs with different names)
+
   JWT secret:  {secret}
   API key:     {key}
+  (kept in {dev_file}: delete it to rotate them)
 
 A token for uid "{DEV_UID}" (24h, may join and publish to any group):
 
@@ -74,7 +160,8 @@ A token for uid "{DEV_UID}" (24h, may join and publish to any group):
 
 Mint more:   FANOUT_JWT_SECRET='{secret}' {exe} token --sub 42 --groups 'room-*'
 
-Connect from a browser console (any page):
+Or, in the browser console of the demo page (not any page: browsers block
+pages of other origins, about:blank and data: from local addresses):
 
   const ws = new WebSocket("ws://{host}/ws?token={token}");
   ws.onmessage = (e) => console.log(JSON.parse(e.data));
@@ -84,6 +171,7 @@ Publish to that user:
   curl -s http://{host}/api/publish \
     -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \
     -d '{{"to":{{"users":["{DEV_UID}"]}},"event":"hello","data":{{"text":"hi from curl"}}}}'
-"#
+"#,
+        dev_file = cfg.dev_file.display(),
     )
 }

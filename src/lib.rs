@@ -13,7 +13,9 @@
 //! - [`app`]: settings built once from the configuration; builds, runs and
 //!   shuts down a gateway. [`dev`]: `serve --dev` secrets and banner.
 //! - [`api`]: the backend HTTP API and the internal `/metrics`, `/healthz`,
-//!   `/readyz`. [`transport`]: client transports (WebSocket, SSE).
+//!   `/readyz`; in `--dev` mode `/dev/*` for the demo page. [`transport`]:
+//!   client transports (WebSocket, SSE). [`web`]: `/client.js` and the
+//!   `--dev` demo page.
 //! - [`state`]: what every handler shares.
 //! - [`client`]: what a client frame means; the one error → code mapping.
 //! - [`node`]: connect, join, leave, publish, commands, subscriptions,
@@ -51,3 +53,4 @@ pub mod session;
 pub mod shutdown;
 pub mod state;
 pub mod transport;
+pub mod web;

@@ -52,7 +52,10 @@ fn serve(mut cfg: Config) -> ExitCode {
         LogFormat::Json => builder.json().init(),
     }
     let dev_notes = if cfg.dev {
-        dev::prepare(&mut cfg)
+        match dev::prepare(&mut cfg) {
+            Ok(notes) => notes,
+            Err(e) => return usage_error(e),
+        }
     } else {
         Vec::new()
     };

@@ -21,7 +21,75 @@ fn fanout() -> Command {
             cmd.env_remove(key);
         }
     }
+    // `serve --dev` keeps its secrets in a file; never in the source tree.
+    cmd.env(
+        "FANOUT_DEV_FILE",
+        std::env::temp_dir().join(format!("fanout-cli-dev-{}.json", std::process::id())),
+    );
     cmd
+}
+
+/// A directory of its own under the system's temp dir, removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("fanout-cli-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Starts `serve --dev` with its secrets kept in `dev_file`; returns the
+/// process and its banner, up to the printed curl command.
+fn start_dev(dev_file: &std::path::Path) -> (Running, Vec<String>) {
+    let mut child = fanout()
+        .args([
+            "serve",
+            "--dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--internal-addr",
+            "127.0.0.1:0",
+            "--log",
+            "warn",
+        ])
+        .arg("--dev-file")
+        .arg(dev_file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let child = Running(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut banner = Vec::new();
+    while !banner.iter().any(|l: &String| l.contains("-d '")) {
+        banner.push(rx.recv_timeout(support::patience()).expect("banner line"));
+    }
+    (child, banner)
+}
+
+/// The value after `prefix` on a banner line.
+fn banner_value(banner: &[String], prefix: &str) -> String {
+    banner
+        .iter()
+        .find_map(|l| l.trim().strip_prefix(prefix).map(|s| s.trim().to_owned()))
+        .unwrap_or_else(|| panic!("no `{prefix}` in {banner:#?}"))
 }
 
 /// Kills the child on drop, so a failing test leaves no process behind.
@@ -138,41 +206,9 @@ fn missing_configuration_exits_64_naming_the_variable() {
 /// SIGTERM then stops it with exit code 0.
 #[tokio::test]
 async fn dev_mode_banner_works_as_printed() {
-    let mut child = fanout()
-        .args([
-            "serve",
-            "--dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--internal-addr",
-            "127.0.0.1:0",
-            "--log",
-            "warn",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let child = Running(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            if tx.send(line.unwrap()).is_err() {
-                break;
-            }
-        }
-    });
-    let mut banner = Vec::new();
-    while !banner.iter().any(|l: &String| l.contains("-d '")) {
-        banner.push(rx.recv_timeout(support::patience()).expect("banner line"));
-    }
-    let find = |prefix: &str| {
-        banner
-            .iter()
-            .find_map(|l| l.trim().strip_prefix(prefix).map(|s| s.trim().to_owned()))
-            .unwrap_or_else(|| panic!("no `{prefix}` in {banner:#?}"))
-    };
+    let dir = TempDir::new("banner");
+    let (child, banner) = start_dev(&dir.0.join("dev.json"));
+    let find = |prefix: &str| banner_value(&banner, prefix);
     let key = find("API key:");
     let ws_line = find("const ws = new WebSocket(\"");
     let ws_url = ws_line.trim_end_matches("\");").to_owned();
@@ -233,4 +269,47 @@ async fn dev_mode_banner_works_as_printed() {
     let mut child = child;
     let status = child.0.wait().unwrap();
     assert_eq!(status.code(), Some(0));
+}
+
+/// `serve --dev` keeps its generated secret and API key in the dev file, so
+/// a restart keeps earlier tokens and open pages working; the file is the
+/// owner's alone; deleting it rotates them; a damaged one is a usage error
+/// that says what to do.
+#[test]
+fn dev_mode_keeps_its_secrets_across_restarts() {
+    let dir = TempDir::new("keep");
+    let file = dir.0.join("dev.json");
+    let (first, banner) = start_dev(&file);
+    let (secret, key) = (
+        banner_value(&banner, "JWT secret:"),
+        banner_value(&banner, "API key:"),
+    );
+    drop(first);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    }
+    let (again, banner) = start_dev(&file);
+    assert_eq!(banner_value(&banner, "JWT secret:"), secret);
+    assert_eq!(banner_value(&banner, "API key:"), key);
+    drop(again);
+
+    std::fs::remove_file(&file).unwrap();
+    let (rotated, banner) = start_dev(&file);
+    assert_ne!(banner_value(&banner, "JWT secret:"), secret);
+    assert_ne!(banner_value(&banner, "API key:"), key);
+    drop(rotated);
+
+    std::fs::write(&file, "not json").unwrap();
+    let out = fanout()
+        .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
+        .arg("--dev-file")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("delete it"), "{err}");
 }

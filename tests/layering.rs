@@ -21,7 +21,7 @@ const LAYERS: &[&[&str]] = &[
     &["node"],
     &["client"],
     &["state"],
-    &["api", "transport"],
+    &["api", "transport", "web"],
     &["app", "dev"],
 ];
 

@@ -3,6 +3,7 @@
 //! (`{"error":{"code","message"}}`). `app` mounts it beside the client
 //! transports.
 
+pub mod dev;
 pub mod internal;
 mod publish;
 mod users;
