@@ -1,8 +1,9 @@
 //! The examples in examples/ work as the docs say: each is run as a real
-//! program (redis-cli, Python with redis-py, PHP with phpredis and with
-//! predis) against a real Redis and fanout node, and the message it
-//! publishes reaches a connected client, kept in history (with an offset)
-//! and resumable. Interpreters missing skip the test with a message,
+//! program against a real fanout node, and the message it publishes
+//! reaches a connected client. The HTTP API ones: PHP with curl, Python's
+//! standard library, Node.js's fetch. The direct-Redis ones (redis-cli,
+//! Python with redis-py, PHP with phpredis and with predis), against a real
+//! Redis: kept in history (with an offset) and resumable. Interpreters missing skip the test with a message,
 //! unless `FANOUT_REQUIRE_TOOLS=1` (as `make test` sets, after installing
 //! them).
 
@@ -146,5 +147,75 @@ async fn direct_redis_examples_publish_into_history() {
     assert_eq!(welcome["recovered"], json!({"user:ex1": true}), "{welcome}");
     for offset in 1..=4u64 {
         assert_eq!(c.recv_type("message").await["offset"], offset);
+    }
+}
+
+fn node_js() -> Option<String> {
+    let mut candidates: Vec<String> = std::env::var("NODE_BIN").into_iter().collect();
+    candidates.push("node".into());
+    find(
+        &candidates,
+        &["-e", "if (typeof fetch !== 'function') process.exit(1)"],
+    )
+}
+
+/// The HTTP API examples (PHP with curl, Python's standard library,
+/// Node.js's fetch) each publish to a connected user, who gets the message;
+/// each prints the id and offset the API answered, and `online`.
+#[tokio::test]
+async fn http_api_examples_publish_to_a_user() {
+    let tools = [
+        ("php", php("exit(function_exists('curl_init') ? 0 : 1);")),
+        ("python", {
+            let mut candidates: Vec<String> = std::env::var("PYTHON_BIN").into_iter().collect();
+            candidates.extend(["/usr/bin/python3".into(), "python3".into()]);
+            find(&candidates, &["-c", "import urllib.request"])
+        }),
+        ("node", node_js()),
+    ];
+    let missing: Vec<&str> = tools
+        .iter()
+        .filter(|(_, bin)| bin.is_none())
+        .map(|(name, _)| *name)
+        .collect();
+    if !missing.is_empty() {
+        assert!(
+            !require_tools(),
+            "missing {missing:?} and FANOUT_REQUIRE_TOOLS=1"
+        );
+        eprintln!("SKIPPED: {missing:?} not installed (make test installs them)");
+        return;
+    }
+    let node = FanoutProcess::start("http-ex", &[]);
+    let (mut c, _) = node.client_welcome("hx1").await;
+    let dir = examples().join("http");
+    let scripts = ["publish.php", "publish.py", "publish.mjs"];
+    for (offset, ((which, bin), script)) in (1u64..).zip(tools.iter().zip(scripts)) {
+        let text = format!("from {which}");
+        let out = Command::new(bin.as_deref().unwrap())
+            .arg(dir.join(script))
+            .args(["hx1", &text])
+            .env("FANOUT_URL", format!("http://{}", node.addr))
+            .env("FANOUT_API_KEY", support::API_KEY)
+            .output()
+            .unwrap_or_else(|e| panic!("{which} runs: {e}"));
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{which} failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let m = c.recv_type("message").await;
+        assert_eq!(
+            (&m["channel"], &m["offset"], &m["data"]["text"]),
+            (&json!("user:hx1"), &json!(offset), &json!(text)),
+            "{which}: {m}"
+        );
+        let id = m["id"].as_str().unwrap();
+        assert_eq!(
+            stdout.trim(),
+            format!("id {id} offset {offset} online"),
+            "{which}"
+        );
     }
 }
