@@ -5,7 +5,7 @@ CARGO ?= cargo
 LISTEN ?= 127.0.0.1:8080
 INTERNAL ?= 127.0.0.1:9090
 
-.PHONY: run build test fmt fmt-check lint unit-test client-test ensure-redis ensure-node ensure-examples helm-lint bench bench-compare cluster
+.PHONY: run build test fmt fmt-check lint unit-test client-test browser-test ensure-redis ensure-node ensure-examples helm-lint bench bench-compare cluster
 
 ## Build and start a development node (generated secret and API key, printed).
 run:
@@ -14,9 +14,15 @@ run:
 build:
 	$(CARGO) build --release --bin fanout
 
+## Two development nodes on a Redis of their own, on free ports (8081,
+## 8082, ...): open the demo on each to see messages cross nodes. Ctrl-C
+## stops everything.
+cluster: ensure-redis build
+	@.ci/dev-cluster.sh
+
 ## Everything CI checks: formatting, lints, every test of every package of
 ## the workspace (the server and bench/), the Helm chart.
-test: fmt-check lint unit-test client-test helm-lint
+test: fmt-check lint unit-test client-test browser-test helm-lint
 
 fmt:
 	$(CARGO) fmt --all
@@ -49,6 +55,16 @@ client-test: ensure-node ensure-redis
 	$(CARGO) build --bin fanout
 	cd clients/js && npm run --silent check-dist && \
 		FANOUT_REQUIRE_TOOLS=1 FANOUT_BIN="$(CURDIR)/target/debug/fanout" npm test
+
+## The demo page and the client library in headless Chromium (Debian's
+## package, driven by the pinned playwright-core in tests/browser) against
+## real fanout nodes and redis-servers: chat, notifications, failover,
+## drain, token refresh, SSE; a screenshot lands in target/browser/demo.png.
+browser-test: ensure-node ensure-redis
+	@.ci/ensure-chromium.sh
+	$(CARGO) build --bin fanout
+	cd tests/browser && FANOUT_REQUIRE_TOOLS=1 FANOUT_BIN="$(CURDIR)/target/debug/fanout" \
+		node --test --test-concurrency=1 *.test.mjs
 
 ensure-redis:
 	@.ci/ensure-redis.sh
