@@ -27,7 +27,7 @@
 //!   connection's queue and groups; the Origin policy.
 //! - [`config`], [`metrics`]: flags and validation; every metric.
 //! - [`protocol`]: wire frames, error and close codes, names; no I/O.
-//! - [`ids`], [`shutdown`], [`http_error`]: leaves.
+//! - [`ids`], [`shutdown`], [`http_error`], [`log_limit`]: leaves.
 
 #![cfg_attr(
     not(test),
@@ -45,6 +45,7 @@ pub mod dev;
 pub mod http_error;
 pub mod hub;
 pub mod ids;
+pub mod log_limit;
 pub mod metrics;
 pub mod node;
 pub mod origin;

@@ -10,6 +10,10 @@
 use axum::http::{HeaderMap, Uri, header, uri::Authority};
 
 use crate::config::{Config, ENV_ALLOWED_ORIGINS};
+use crate::log_limit::LogLimiter;
+
+/// Refused Origins are logged at most once every 10 s.
+static REFUSED_LOG: LogLimiter = LogLimiter::new(std::time::Duration::from_secs(10));
 
 /// The parsed `--allowed-origins`.
 #[derive(Debug, Clone, Default)]
@@ -97,6 +101,28 @@ impl OriginPolicy {
             }
         }
         Ok(policy)
+    }
+
+    /// [`allows`](Self::allows), logging a refusal (at most one line
+    /// every 10 s, with how many were refused meanwhile): a page that
+    /// cannot connect otherwise shows only a close code in the browser.
+    pub fn admits(&self, headers: &HeaderMap) -> bool {
+        let allowed = self.allows(headers);
+        if !allowed && let Some(suppressed) = REFUSED_LOG.allow() {
+            let shown = |name| {
+                headers.get(name).map_or_else(
+                    || "-".to_owned(),
+                    |v| String::from_utf8_lossy(&v.as_bytes()[..v.len().min(200)]).into_owned(),
+                )
+            };
+            tracing::warn!(
+                origin = %shown(header::ORIGIN),
+                host = %shown(header::HOST),
+                suppressed,
+                "refused a connection from an Origin not allowed (see --allowed-origins)"
+            );
+        }
+        allowed
     }
 
     /// Whether a request with these headers may open a connection.

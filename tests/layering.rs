@@ -12,7 +12,7 @@ use std::{
 /// Lowest first. A module may import only modules listed before its own
 /// line.
 const LAYERS: &[&[&str]] = &[
-    &["ids", "shutdown", "http_error"],
+    &["ids", "shutdown", "http_error", "log_limit"],
     &["protocol"],
     &["config", "metrics"],
     &["auth", "session", "origin"],

@@ -1,5 +1,6 @@
 //! What operators rely on: the paced drain on SIGTERM, readiness that tells
-//! the truth about Redis and a wedged pub/sub connection.
+//! the truth about Redis and a wedged pub/sub connection, log lines that say
+//! why a client was refused without flooding.
 
 mod support;
 
@@ -244,4 +245,30 @@ async fn vanished_client_is_connection_lost() {
             .await,
         0.0
     );
+}
+
+/// A page whose Origin is not allowed sees only a close code in the
+/// browser: the node says why in its log at the default level, once per
+/// burst (later refusals are counted into the next line, not each logged).
+#[tokio::test]
+async fn a_refused_origin_is_logged_without_flooding() {
+    let node = FanoutProcess::start("origin", &["--allowed-origins", "https://app.example"]);
+    let http = reqwest::Client::new();
+    for _ in 0..5 {
+        let res = http
+            .get(format!("http://{}/ws", node.addr))
+            .header("Origin", "https://evil.example")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 403);
+    }
+    let refused = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("Origin not allowed") && l.contains("https://evil.example"))
+            .count()
+    };
+    assert_eventually!(refused(&node.log()) >= 1, "{}", node.log());
+    let lines = refused(&node.log());
+    assert!(lines < 5, "every refusal was logged:\n{}", node.log());
 }

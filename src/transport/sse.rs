@@ -133,7 +133,7 @@ async fn open(
     if state.shutdown.is_triggered() {
         return Err((Rejected::ShuttingDown, HttpError::shutting_down()));
     }
-    if !state.origins.allows(headers) {
+    if !state.origins.admits(headers) {
         return Err((
             Rejected::Origin,
             HttpError::new(

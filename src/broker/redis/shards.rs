@@ -26,6 +26,7 @@ use tokio::sync::broadcast::error::RecvError;
 use super::{RedisBroker, unavailable};
 use crate::{
     broker::{BrokerError, BrokerEvent, Inbound, wire},
+    log_limit::LogLimiter,
     metrics::{self, BrokerDrop, BrokerOp},
     protocol::Channel,
 };
@@ -55,7 +56,6 @@ impl RedisBroker {
         let shard = &self.inner.shards[index];
         let mut rx = shard.client.message_rx();
         let prefix = format!("{}:", self.inner.prefix);
-        let mut invalid_log = RateLimitedLog::default();
         loop {
             let msg = tokio::select! {
                 () = self.inner.stop.cancelled() => return,
@@ -84,7 +84,7 @@ impl RedisBroker {
                 Ok(decoded) => decoded,
                 Err(e) => {
                     metrics::broker_dropped(e.metric(), 1);
-                    invalid_log.warn(&channel, e);
+                    warn_invalid(&channel, e);
                     continue;
                 }
             };
@@ -248,30 +248,17 @@ pub(super) fn by_slot(names: Vec<String>) -> Vec<Vec<String>> {
     }
     groups.into_values().collect()
 }
-/// Logs invalid bodies at most once every 10 s, with how many were dropped.
-#[derive(Default)]
-struct RateLimitedLog {
-    last: Option<Instant>,
-    suppressed: u64,
-}
+/// Invalid bodies are logged at most once every 10 s, with how many were
+/// dropped meanwhile.
+static INVALID_BODY_LOG: LogLimiter = LogLimiter::new(Duration::from_secs(10));
 
-impl RateLimitedLog {
-    fn warn(&mut self, channel: &Channel, error: wire::DecodeError) {
-        let now = Instant::now();
-        if self
-            .last
-            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(10))
-        {
-            self.suppressed += 1;
-            return;
-        }
+fn warn_invalid(channel: &Channel, error: wire::DecodeError) {
+    if let Some(suppressed) = INVALID_BODY_LOG.allow() {
         tracing::warn!(
             %channel,
             %error,
-            suppressed = self.suppressed,
+            suppressed,
             "dropped an invalid message published to Redis"
         );
-        self.last = Some(now);
-        self.suppressed = 0;
     }
 }

@@ -52,7 +52,7 @@ pub async fn handler(
         metrics::connection_rejected(Rejected::ShuttingDown);
         return HttpError::shutting_down().into_response();
     }
-    if !state.origins.allows(&headers) {
+    if !state.origins.admits(&headers) {
         metrics::connection_rejected(Rejected::Origin);
         return HttpError::new(
             StatusCode::FORBIDDEN,
