@@ -21,6 +21,7 @@ use crate::{
     metrics,
     node::{Node, NodeOptions},
     origin::OriginPolicy,
+    server::{self, ServeOptions},
     shutdown::{self, Shutdown},
     state::AppState,
     transport, web,
@@ -166,11 +167,19 @@ pub async fn spawn(settings: Settings, shutdown: Shutdown) -> anyhow::Result<App
         origins,
     };
     let router = router(&state);
-    let server = tokio::spawn(
-        axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown.triggered())
-            .into_future(),
-    );
+    let options = ServeOptions {
+        header_timeout: state.cfg.http_header_timeout,
+        max_connections: match state.cfg.max_connections {
+            0 => server::automatic_max_connections(),
+            n => n,
+        },
+    };
+    let server = tokio::spawn(server::serve(
+        listener,
+        router,
+        options,
+        shutdown.triggered(),
+    ));
     let internal_listener = TcpListener::bind(state.cfg.internal_addr)
         .await
         .with_context(|| {

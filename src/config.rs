@@ -14,6 +14,8 @@ pub const ENV_LISTEN: &str = "FANOUT_LISTEN";
 pub const ENV_NODE_ID: &str = "FANOUT_NODE_ID";
 pub const ENV_DEV: &str = "FANOUT_DEV";
 pub const ENV_DEV_FILE: &str = "FANOUT_DEV_FILE";
+pub const ENV_HTTP_HEADER_TIMEOUT: &str = "FANOUT_HTTP_HEADER_TIMEOUT";
+pub const ENV_MAX_CONNECTIONS: &str = "FANOUT_MAX_CONNECTIONS";
 pub const ENV_JWT_ALGORITHM: &str = "FANOUT_JWT_ALGORITHM";
 pub const ENV_JWT_SECRET: &str = "FANOUT_JWT_SECRET";
 pub const ENV_JWT_PUBLIC_KEY: &str = "FANOUT_JWT_PUBLIC_KEY";
@@ -267,6 +269,17 @@ pub struct Config {
     #[arg(long, env = ENV_ALLOWED_ORIGINS, value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 
+    /// How long a client has to send a request's headers, from when its connection is
+    /// accepted or its previous response was sent (so idle keep-alive connections close too).
+    #[arg(long, env = ENV_HTTP_HEADER_TIMEOUT, default_value = "10s", value_parser = parse_duration)]
+    pub http_header_timeout: Duration,
+
+    /// Most connections (of every kind on the client listener: WebSocket, SSE, API, not yet
+    /// authenticated) open at once; more are closed as soon as they are accepted. 0: the
+    /// open-files limit minus 512.
+    #[arg(long, env = ENV_MAX_CONNECTIONS, default_value_t = 0)]
+    pub max_connections: usize,
+
     /// How long a client without `?token=` has to send its `auth` frame.
     #[arg(long, env = ENV_AUTH_TIMEOUT, default_value = "10s", value_parser = parse_duration)]
     pub auth_timeout: Duration,
@@ -433,6 +446,7 @@ impl Config {
             format!("{ENV_API_KEYS}: API keys must be at least 16 characters"),
         );
         for (name, d) in [
+            (ENV_HTTP_HEADER_TIMEOUT, self.http_header_timeout),
             (ENV_AUTH_TIMEOUT, self.auth_timeout),
             (ENV_HEARTBEAT, self.heartbeat),
             (ENV_IDLE_TIMEOUT, self.idle_timeout),

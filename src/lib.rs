@@ -12,6 +12,8 @@
 //! (`tests/layering.rs` checks it, docs/architecture.md explains it).
 //! - [`app`]: settings built once from the configuration; builds, runs and
 //!   shuts down a gateway. [`dev`]: `serve --dev` secrets and banner.
+//!   [`server`]: the client listener's accept loop (header deadline,
+//!   connection cap).
 //! - [`api`]: the backend HTTP API and the internal `/metrics`, `/healthz`,
 //!   `/readyz`; in `--dev` mode `/dev/*` for the demo page. [`transport`]:
 //!   client transports (WebSocket, SSE). [`web`]: `/client.js` and the
@@ -50,6 +52,7 @@ pub mod metrics;
 pub mod node;
 pub mod origin;
 pub mod protocol;
+pub mod server;
 pub mod session;
 pub mod shutdown;
 pub mod state;

@@ -70,10 +70,12 @@ pub enum Rejected {
     AuthFailed,
     BadFrame,
     BrokerUnavailable,
+    /// Closed at accept: the node is at `--max-connections`.
+    NodeFull,
 }
 
 impl Rejected {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::ShuttingDown,
         Self::Origin,
         Self::NotWebsocket,
@@ -82,6 +84,7 @@ impl Rejected {
         Self::AuthFailed,
         Self::BadFrame,
         Self::BrokerUnavailable,
+        Self::NodeFull,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -94,6 +97,7 @@ impl Rejected {
             Self::AuthFailed => "auth_failed",
             Self::BadFrame => "bad_frame",
             Self::BrokerUnavailable => "broker_unavailable",
+            Self::NodeFull => "node_full",
         }
     }
 }

@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use tokio::sync::OwnedSemaphorePermit;
+
 use crate::{
     auth::Authenticator, config::Config, node::Node, origin::OriginPolicy, shutdown::Shutdown,
 };
@@ -17,3 +19,10 @@ pub struct AppState {
     /// Which pages may open client connections.
     pub origins: Arc<OriginPolicy>,
 }
+
+/// One TCP connection's place under `--max-connections` (see
+/// [`crate::server`]): every request of the connection carries a clone,
+/// and a WebSocket or SSE session keeps one for as long as it lives, so the
+/// slot frees when the last holder is gone.
+#[derive(Debug, Clone)]
+pub struct ConnectionSlot(pub Arc<OwnedSemaphorePermit>);

@@ -22,6 +22,7 @@ const LAYERS: &[&[&str]] = &[
     &["client"],
     &["state"],
     &["api", "transport", "web"],
+    &["server"],
     &["app", "dev"],
 ];
 

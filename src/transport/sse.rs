@@ -17,6 +17,7 @@
 use std::{convert::Infallible, fmt::Write as _, sync::Arc, time::Duration};
 
 use axum::{
+    Extension,
     body::{Body, Bytes},
     extract::{Query, State, rejection::QueryRejection},
     http::{HeaderMap, HeaderValue, StatusCode, header},
@@ -40,7 +41,7 @@ use crate::{
         parse_since_compact,
     },
     session::Outbound,
-    state::AppState,
+    state::{AppState, ConnectionSlot},
     transport::heartbeat_slot,
 };
 
@@ -64,6 +65,7 @@ pub async fn handler(
     State(state): State<AppState>,
     headers: HeaderMap,
     query: Result<Query<SseQuery>, QueryRejection>,
+    slot: Option<Extension<ConnectionSlot>>,
 ) -> Response {
     let connected = match open(&state, &headers, query).await {
         Ok(c) => c,
@@ -94,6 +96,8 @@ pub async fn handler(
         let ended = conn.serve(welcome, &shutdown).await;
         Box::pin(conn.client.disconnect()).await;
         metrics::connection_closed(Transport::Sse, ended);
+        // The stream kept its place under --max-connections until now.
+        drop(slot);
     });
     let body = Body::from_stream(tokio_stream_of(rx));
     let mut res = (StatusCode::OK, body).into_response();

@@ -27,7 +27,25 @@ pub struct FanoutProcess {
 impl FanoutProcess {
     /// Starts `fanout serve` as node `node_id` with extra flags.
     pub fn start(node_id: &str, args: &[&str]) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fanout"));
+        Self::start_with_open_files(node_id, args, None)
+    }
+
+    /// Starts a node whose open-files limit (soft and hard) is `limit`.
+    pub fn start_with_open_files(node_id: &str, args: &[&str], limit: Option<u64>) -> Self {
+        let bin = env!("CARGO_BIN_EXE_fanout");
+        let mut cmd = match limit {
+            // The shell lowers its limit, then becomes fanout (exec).
+            Some(limit) => {
+                let mut sh = Command::new("sh");
+                sh.args([
+                    "-c",
+                    &format!("ulimit -n {limit} && exec \"$0\" \"$@\""),
+                    bin,
+                ]);
+                sh
+            }
+            None => Command::new(bin),
+        };
         for (key, _) in std::env::vars() {
             if key.starts_with("FANOUT_") {
                 cmd.env_remove(key);

@@ -10,6 +10,7 @@ mod conn;
 mod handshake;
 
 use axum::{
+    Extension,
     extract::{
         Query, State, WebSocketUpgrade, rejection::QueryRejection,
         ws::rejection::WebSocketUpgradeRejection,
@@ -24,7 +25,7 @@ use crate::{
     http_error::HttpError,
     metrics::{self, Rejected},
     protocol::{ErrorCode, Positions, parse_since_compact},
-    state::AppState,
+    state::{AppState, ConnectionSlot},
 };
 
 /// tungstenite's own limit is this many times `max_frame`: frames between
@@ -47,6 +48,7 @@ pub async fn handler(
     headers: HeaderMap,
     query: Result<Query<WsQuery>, QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    slot: Option<Extension<ConnectionSlot>>,
 ) -> Response {
     if state.shutdown.is_triggered() {
         metrics::connection_rejected(Rejected::ShuttingDown);
@@ -105,7 +107,14 @@ pub async fn handler(
         .max_write_buffer_size(max_write_buffer(cfg))
         .max_message_size((cfg.max_frame as usize).saturating_mul(HARD_FRAME_FACTOR))
         .max_frame_size((cfg.max_frame as usize).saturating_mul(HARD_FRAME_FACTOR))
-        .on_upgrade(move |socket| tracker.track_future(conn::run(socket, state, creds)))
+        .on_upgrade(move |socket| {
+            let run = conn::run(socket, state, creds);
+            // The connection keeps its place under --max-connections.
+            tracker.track_future(async move {
+                run.await;
+                drop(slot);
+            })
+        })
 }
 
 /// tungstenite's hard cap on buffered outgoing bytes. Our own queue is the
