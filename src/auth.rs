@@ -74,6 +74,18 @@ pub struct Credentials {
     pub publish: Patterns,
 }
 
+/// The `alg` a token's header names, when the header is a JSON object
+/// with a string `alg` (only read to explain a refusal).
+fn header_alg(token: &str) -> Option<String> {
+    use base64::Engine;
+    let header = token.split('.').next()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header.trim_end_matches('='))
+        .ok()?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    value.get("alg")?.as_str().map(str::to_owned)
+}
+
 /// Group names or prefix patterns ending in `*` (`room-*`, or `*` for any).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Patterns(Box<[Box<str>]>);
@@ -83,8 +95,10 @@ impl Patterns {
         Self(
             patterns
                 .into_iter()
+                // Taken exactly as written: a pattern is never trimmed
+                // (`" *"` is not `*`; it matches no valid group name).
                 .filter_map(|p| {
-                    let p = p.as_ref().trim();
+                    let p = p.as_ref();
                     (!p.is_empty()).then(|| Box::from(p))
                 })
                 .collect(),
@@ -269,6 +283,11 @@ impl Authenticator {
                     _ => AuthError::InvalidToken("missing the `exp` claim"),
                 },
                 ErrorKind::InvalidClaimFormat(_) => AuthError::InvalidToken("malformed claims"),
+                // A header naming an algorithm jsonwebtoken does not know
+                // (`none`) fails as JSON: say what is wrong with it.
+                ErrorKind::Json(_) if header_alg(token).is_some() => {
+                    AuthError::InvalidToken("wrong algorithm")
+                }
                 ErrorKind::Json(_) | ErrorKind::Base64(_) | ErrorKind::Utf8(_) => {
                     AuthError::InvalidToken("malformed token (header or claims)")
                 }
@@ -369,6 +388,35 @@ mod tests {
         assert!(!p.allows("ab") && !p.allows("b"));
         assert!(Patterns::new(["*"]).allows("anything"));
         assert!(!Patterns::default().allows("a"));
+        // Taken exactly: padding is not trimmed away into a wildcard.
+        let padded = Patterns::new([" *", "room-1 "]);
+        assert!(!padded.allows("anything") && !padded.allows("room-1"));
+    }
+
+    /// `alg: none` (which jsonwebtoken cannot even name) is refused as a
+    /// wrong algorithm, not as a malformed token.
+    #[test]
+    fn unsigned_tokens_are_the_wrong_algorithm() {
+        use base64::Engine;
+        let b64 = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        let claims = b64(r#"{"sub":"42","exp":9999999999}"#);
+        for alg in ["none", "HS512", "RS256"] {
+            let token = format!(
+                "{}.{claims}.",
+                b64(&format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#))
+            );
+            match hs().verify(&token) {
+                Err(AuthError::InvalidToken(why)) => assert_eq!(why, "wrong algorithm", "{alg}"),
+                other => panic!("{alg}: {other:?}"),
+            }
+        }
+        let garbage = format!("{}.{claims}.", b64("not json"));
+        assert!(matches!(
+            hs().verify(&garbage),
+            Err(AuthError::InvalidToken(
+                "malformed token (header or claims)"
+            ))
+        ));
     }
 
     #[test]

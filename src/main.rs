@@ -46,7 +46,11 @@ fn serve(mut cfg: Config) -> ExitCode {
         Ok(f) => f,
         Err(e) => return usage_error(format!("FANOUT_LOG: {e}")),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colour only on a terminal: logs written to a file or a pipe carry no
+    // escape codes.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     match cfg.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -208,6 +208,16 @@ fn missing_configuration_exits_64_naming_the_variable() {
 async fn dev_mode_banner_works_as_printed() {
     let dir = TempDir::new("banner");
     let (child, banner) = start_dev(&dir.0.join("dev.json"));
+    // Logs to a pipe carry no colour codes (the dev-mode warnings come
+    // before the banner).
+    assert!(
+        banner.iter().any(|l| l.contains("development mode")),
+        "{banner:#?}"
+    );
+    assert!(
+        !banner.iter().any(|l| l.contains('\x1b')),
+        "escape codes in piped output: {banner:#?}"
+    );
     let find = |prefix: &str| banner_value(&banner, prefix);
     let key = find("API key:");
     let ws_line = find("const ws = new WebSocket(\"");
