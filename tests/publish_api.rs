@@ -373,3 +373,31 @@ async fn bad_requests_get_json_errors() {
         (400, Some("too_many_targets"))
     );
 }
+
+/// A request that announces a body over the limit is answered 413 at once,
+/// without waiting for a body that never comes.
+#[tokio::test]
+async fn an_announced_oversized_body_is_refused_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start().await;
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let head = format!(
+        "POST /api/publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 999999999\r\n\r\n",
+        support::API_KEY
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !answer.ends_with(b"}") {
+        let n = tokio::time::timeout(support::patience(), tcp.read(&mut buf))
+            .await
+            .expect("an answer before the patience ran out")
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.contains("\"body_too_large\""), "{text}");
+}

@@ -77,9 +77,34 @@ async fn api_guard(State(state): State<AppState>, req: Request, next: Next) -> R
         }
         Some(_) => {}
     }
+    if let Some(refused) = declared_too_large(&req, state.cfg.api_body_limit) {
+        return refused;
+    }
     match tokio::time::timeout(state.cfg.api_timeout, next.run(req)).await {
         Ok(res) => res,
         Err(_) => HttpError::unavailable("timeout", "the request took too long; retry later")
             .into_response(),
     }
+}
+
+/// 413 at once for a request whose `Content-Length` is over the limit,
+/// instead of waiting for a body that may never come (the body limit alone
+/// acts only once that much has been read).
+fn declared_too_large(req: &Request, limit: u64) -> Option<Response> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    (declared > limit).then(|| {
+        HttpError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "the request body is over the configured limit",
+        )
+        .into_response()
+    })
 }
