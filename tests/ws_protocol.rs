@@ -475,6 +475,23 @@ async fn plain_http_on_ws_is_a_json_error() {
     let (status, body) = support::read(res).await;
     assert!(status == 400 || status == 426, "{status}");
     assert_eq!(body["error"]["code"], "websocket_required");
+    // An upgrade whose Sec-WebSocket-Key is empty or not 16 bytes of
+    // base64 is refused before it upgrades.
+    for key in ["", "c2hvcnQ=", "not base64!!"] {
+        let res = server
+            .http()
+            .get(server.url("/ws"))
+            .header("Connection", "Upgrade")
+            .header("Upgrade", "websocket")
+            .header("Sec-WebSocket-Version", "13")
+            .header("Sec-WebSocket-Key", key)
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = support::read(res).await;
+        assert_eq!(status, 400, "key {key:?}: {body}");
+        assert_eq!(body["error"]["code"], "websocket_required", "{key:?}");
+    }
 }
 
 /// RS256 and ES256 servers verify with a public key (file or inline PEM),

@@ -75,6 +75,14 @@ pub async fn handler(
             .into_response();
         }
     };
+    if !valid_key(&headers) {
+        metrics::connection_rejected(Rejected::NotWebsocket);
+        return HttpError::bad_request(
+            "websocket_required",
+            "Sec-WebSocket-Key must be 16 bytes in base64 (RFC 6455)",
+        )
+        .into_response();
+    }
     let (token, since) = match query {
         Ok(Query(q)) => (q.token, q.since),
         Err(rejection) => {
@@ -115,6 +123,20 @@ pub async fn handler(
                 drop(slot);
             })
         })
+}
+
+/// Whether `Sec-WebSocket-Key` is what RFC 6455 requires: 16 random bytes
+/// in base64 (axum only checks that the header is there).
+fn valid_key(headers: &HeaderMap) -> bool {
+    use base64::Engine;
+    headers
+        .get("sec-websocket-key")
+        .and_then(|k| {
+            base64::engine::general_purpose::STANDARD
+                .decode(k.as_bytes())
+                .ok()
+        })
+        .is_some_and(|bytes| bytes.len() == 16)
 }
 
 /// tungstenite's hard cap on buffered outgoing bytes. Our own queue is the
