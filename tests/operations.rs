@@ -272,3 +272,56 @@ async fn a_refused_origin_is_logged_without_flooding() {
     let lines = refused(&node.log());
     assert!(lines < 5, "every refusal was logged:\n{}", node.log());
 }
+
+/// A frozen Redis (SIGSTOP: connections stay up, nothing is answered) is
+/// noticed: readiness fails within a few probe intervals, publishes are
+/// then refused at once (503, nothing sent) instead of each waiting the
+/// Redis timeout, and everything recovers after SIGCONT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_is_noticed_and_publishes_fail_fast() {
+    if !support::redis::available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let node = FanoutProcess::start(
+        "frozen",
+        &[
+            "--redis-url",
+            &redis.url(),
+            "--redis-probe-interval",
+            "300ms",
+            "--redis-timeout",
+            "30s",
+        ],
+    );
+    let mut c = node.client("z").await;
+    assert_eq!(node.internal_get("/readyz").await.0, 200);
+    redis.freeze();
+    // 503: `pubsub_probe_failing`, or `redis_disconnected` once the
+    // connections that deliver nothing are being restarted.
+    assert_eventually!(
+        node.internal_get("/readyz").await.0 == 503,
+        "{}",
+        node.log()
+    );
+    assert!(node.log().contains("pub/sub probe not received"));
+    // Refused without waiting for the 30 s Redis timeout: the request
+    // answers within the patience, with 503.
+    let (status, body) = tokio::time::timeout(
+        support::patience(),
+        node.publish(json!({"users": ["z"]}), json!("while frozen")),
+    )
+    .await
+    .expect("a publish to a frozen Redis is answered at once");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "broker_unavailable", "{body}");
+    redis.thaw();
+    assert_eventually!(node.internal_get("/readyz").await.0 == 200);
+    assert_eventually!(
+        node.publish(json!({"users": ["z"]}), json!("thawed"))
+            .await
+            .0
+            == 200
+    );
+    assert_eq!(c.recv_type("message").await["data"], "thawed");
+}

@@ -82,6 +82,26 @@ impl RedisServer {
         self.inner.kill();
     }
 
+    /// SIGSTOPs the server: it keeps its connections and answers nothing
+    /// (a Redis stuck in a long command, a paused VM).
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONTs a frozen server.
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.inner.pid().expect("redis-server runs").to_string();
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid}");
+    }
+
     /// Starts the server again on the same port.
     pub fn restart(&mut self) {
         self.inner.restart().unwrap_or_else(|e| panic!("{e}"));

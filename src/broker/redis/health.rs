@@ -17,7 +17,10 @@ use fred::{
 };
 
 use super::RedisBroker;
-use crate::{broker::Health, metrics};
+use crate::{
+    broker::{BrokerError, Health},
+    metrics,
+};
 
 /// Consecutive missed probes before a connection is restarted (and
 /// readiness fails).
@@ -30,6 +33,22 @@ const WATCH_EVERY: Duration = Duration::from_millis(250);
 // === impl RedisBroker ===
 
 impl RedisBroker {
+    /// Whether a command should be sent at all: refused at once while the
+    /// publisher is disconnected, or while its last probe did not get
+    /// through in time (a frozen Redis), rather than after the command
+    /// timeout. Nothing was sent, so the caller may safely retry.
+    pub(super) fn usable(&self) -> Result<(), BrokerError> {
+        if !self.inner.publisher.is_connected() {
+            return Err(BrokerError::Unavailable("not connected to Redis".into()));
+        }
+        if !self.inner.publisher_ok.load(Ordering::Relaxed) {
+            return Err(BrokerError::Unavailable(
+                "Redis did not answer the last probe in time".into(),
+            ));
+        }
+        Ok(())
+    }
+
     fn connected(&self) -> bool {
         self.inner.publisher.is_connected()
             && self.inner.shards.iter().all(|s| s.client.is_connected())
@@ -117,33 +136,59 @@ impl RedisBroker {
                         connection = shard.index,
                         "restarting a pub/sub connection that delivers nothing"
                     );
-                    // The reconnect event makes the resubscriber restore everything.
-                    if let Err(e) = shard.client.force_reconnection().await {
-                        tracing::warn!(error = %e, "restart failed");
+                    // The reconnect event makes the resubscriber restore
+                    // everything. Bounded: a frozen Redis must not stop
+                    // the prober.
+                    match tokio::time::timeout(interval, shard.client.force_reconnection()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::warn!(error = %e, "restart failed"),
+                        Err(_) => {
+                            tracing::warn!("restart did not finish within the probe interval")
+                        }
                     }
                 }
             }
             self.inner.probe_ok.store(all_ok, Ordering::Relaxed);
             seq += 1;
+            if !self.inner.publisher.is_connected() {
+                continue;
+            }
+            // Every connection's probe at once, each bounded by the
+            // interval, none awaited by this loop: a frozen Redis must not
+            // stretch a round (it used to await each PUBLISH in turn, for
+            // up to --redis-timeout each, so no round ever ended and no
+            // miss was ever counted).
             for shard in &self.inner.shards {
-                if !self.inner.publisher.is_connected() {
-                    break;
-                }
                 shard.probe_sent.store(seq, Ordering::Relaxed);
-                let r: Result<i64, FredError> = if self.inner.clustered {
-                    self.inner
-                        .publisher
-                        .spublish(&shard.probe_channel, seq)
-                        .await
-                } else {
-                    self.inner
-                        .publisher
-                        .publish(&shard.probe_channel, seq)
-                        .await
-                };
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "probe publish failed");
-                }
+                let broker = self.clone();
+                let channel = shard.probe_channel.clone();
+                tokio::spawn(async move {
+                    let publisher = &broker.inner.publisher;
+                    let publish = async {
+                        let r: Result<i64, FredError> = if broker.inner.clustered {
+                            publisher.spublish(&channel, seq).await
+                        } else {
+                            publisher.publish(&channel, seq).await
+                        };
+                        r
+                    };
+                    let through = match tokio::time::timeout(interval, publish).await {
+                        Ok(Ok(_)) => true,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "probe publish failed");
+                            false
+                        }
+                        Err(_) => false,
+                    };
+                    let was = broker.inner.publisher_ok.swap(through, Ordering::Relaxed);
+                    if was && !through {
+                        tracing::warn!(
+                            "Redis did not answer a probe within the probe interval; refusing publishes until it does"
+                        );
+                    } else if !was && through {
+                        tracing::info!("Redis answers probes again");
+                    }
+                });
             }
         }
     }

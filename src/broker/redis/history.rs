@@ -14,7 +14,7 @@ use std::time::Duration;
 use fred::{
     bytes::Bytes,
     error::Error as FredError,
-    interfaces::{ClientLike, EventInterface, FunctionInterface},
+    interfaces::{EventInterface, FunctionInterface},
     types::Value,
 };
 use tokio::sync::broadcast::error::RecvError;
@@ -149,9 +149,7 @@ impl RedisBroker {
         // Like a publish: refused at once while the connection is down,
         // rather than after the command timeout (a connecting client is
         // told to come back; it does not hang).
-        if !self.inner.publisher.is_connected() {
-            return Err(BrokerError::Unavailable("not connected to Redis".into()));
-        }
+        self.usable()?;
         let base = key_base(&self.full_name(channel));
         let mut keys = vec![format!("{base}:h"), format!("{base}:m")];
         keys.extend(extra_key.map(|k| format!("{base}:i:{k}")));

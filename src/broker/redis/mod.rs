@@ -80,6 +80,12 @@ struct Inner {
     /// Whether the last probe round went through every connection; written
     /// by the prober, read by readiness.
     probe_ok: AtomicBool,
+    /// False while the publisher's last probe PUBLISH did not complete
+    /// within the probe interval (Redis frozen, stuck in a long command, a
+    /// path dropping packets): publishes and history reads are refused at
+    /// once instead of each waiting `--redis-timeout`. Set back by the next
+    /// probe that gets through.
+    publisher_ok: AtomicBool,
     /// When readiness first saw a connection down (cleared once all are up).
     down_since: parking_lot::Mutex<Option<Instant>>,
     /// Fingerprint of the cluster slot map when the broker connected.
@@ -164,6 +170,7 @@ impl RedisBroker {
                 slot_map_at_start,
                 ops: ops_tx,
                 probe_ok: AtomicBool::new(true),
+                publisher_ok: AtomicBool::new(true),
                 down_since: parking_lot::Mutex::new(None),
                 stop: CancellationToken::new(),
                 events,
@@ -258,12 +265,11 @@ impl Broker for RedisBroker {
         envelope: &Envelope,
         key: Option<&IdempotencyKey>,
     ) -> Result<Vec<Published>, BrokerError> {
-        let publisher = &self.inner.publisher;
-        if !publisher.is_connected() {
+        if let Err(e) = self.usable() {
             for _ in channels {
                 metrics::broker_command(BrokerOp::Publish, false);
             }
-            return Err(BrokerError::Unavailable("not connected to Redis".into()));
+            return Err(e);
         }
         // Encoded once; every command shares the bytes.
         let payload = Bytes::from(wire::encode(envelope));
