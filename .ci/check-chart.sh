@@ -528,7 +528,7 @@ config_rs = os.path.join(root, "src", "config.rs")
 if os.path.isfile(config_rs):
     defined = set(re.findall(r'pub const ENV_\w+: &str = "(FANOUT_\w+)"', open(config_rs).read()))
     exposed = set(vschema["properties"]["config"]["properties"]) | rendered_env
-    not_exposed = {"FANOUT_DEV"}  # per-pod random secrets: never for a Deployment
+    not_exposed = {"FANOUT_DEV", "FANOUT_DEV_FILE"}  # development mode: never for a Deployment
     missing = sorted(defined - exposed - not_exposed)
     if missing:
         fail(f"src/config.rs options the chart does not expose (add them to config in values.schema.json): {', '.join(missing)}")
