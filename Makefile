@@ -50,11 +50,13 @@ unit-test: ensure-redis ensure-node ensure-examples
 
 ## The client library (clients/js): the committed dist/ is what its
 ## sources build to (the server embeds dist/fanout.js as /client.js), and
-## its unit tests and its integration tests against a real fanout pass.
+## its unit tests and its integration tests against a real fanout pass,
+## and npm pack can package it.
 client-test: ensure-node ensure-redis
 	$(CARGO) build --bin fanout
 	cd clients/js && npm run --silent check-dist && \
-		FANOUT_REQUIRE_TOOLS=1 FANOUT_BIN="$(CURDIR)/target/debug/fanout" npm test
+		FANOUT_REQUIRE_TOOLS=1 FANOUT_BIN="$(CURDIR)/target/debug/fanout" npm test && \
+		npm pack --dry-run --silent >/dev/null
 
 ## The demo page and the client library in headless Chromium (Debian's
 ## package, driven by the pinned playwright-core in tests/browser) against
