@@ -19,8 +19,10 @@ use tokio::time::Instant;
 
 use crate::{
     auth::{AuthError, Authenticator, Credentials},
+    broker::BrokerError,
     http_error::HttpError,
     ids::unix_ms,
+    log_limit::LogLimiter,
     node::{Node, NodeError, Resumed, Targets},
     protocol::{
         self, Channel, ChannelKind, ClientFrame, CloseReason, ErrorCode, FrameError, Positions,
@@ -38,11 +40,16 @@ const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 // === the one error → code mapping ===
 
+/// Failed API requests during an outage are logged at most once every
+/// 10 s, with how many were not (one line per request flooded the logs).
+static API_BROKER_LOG: LogLimiter = LogLimiter::new(std::time::Duration::from_secs(10));
+
 impl NodeError {
     /// The `error` frame code (and API error code) for this failure.
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::TooManyGroups(_) => ErrorCode::TooManyGroups,
+            Self::Broker(BrokerError::OutcomeUnknown(_)) => ErrorCode::OutcomeUnknown,
             // A closing connection gets no more replies; a session
             // operation that raced with its close reads as "unavailable".
             Self::Broker(_) | Self::Closed => ErrorCode::BrokerUnavailable,
@@ -67,11 +74,23 @@ impl From<NodeError> for HttpError {
             (ErrorCode::TooManyGroups, _) => {
                 Self::new(StatusCode::BAD_REQUEST, code.as_str(), e.to_string())
             }
+            (ErrorCode::OutcomeUnknown, _) => {
+                if let Some(suppressed) = API_BROKER_LOG.allow() {
+                    tracing::warn!(error = %e, suppressed, "API request got no answer from the broker");
+                }
+                Self::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    code.as_str(),
+                    "no answer from the message broker in time: the message may have been published; retry only with the same idempotency_key",
+                )
+            }
             (_, NodeError::Broker(inner)) => {
-                tracing::warn!(error = %inner, "API request failed on the broker");
+                if let Some(suppressed) = API_BROKER_LOG.allow() {
+                    tracing::warn!(error = %inner, suppressed, "API request failed on the broker");
+                }
                 Self::unavailable(
                     code.as_str(),
-                    "the message broker is unavailable; retry later",
+                    "the message broker is unavailable: nothing was published; retry later",
                 )
             }
             _ => Self::unavailable(code.as_str(), e.to_string()),

@@ -325,3 +325,52 @@ async fn a_frozen_redis_is_noticed_and_publishes_fail_fast() {
     );
     assert_eq!(c.recv_type("message").await["data"], "thawed");
 }
+
+/// A publish Redis never answered (frozen, before the probe notices) is
+/// answered 504 `outcome_unknown`, not "unavailable": it may still be
+/// published when Redis wakes. A retry with the same idempotency key then
+/// delivers it exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_publish_is_outcome_unknown_and_a_keyed_retry_is_safe() {
+    if !support::redis::available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let node = FanoutProcess::start(
+        "unknown",
+        &[
+            "--redis-url",
+            &redis.url(),
+            "--redis-timeout",
+            "1s",
+            "--redis-probe-interval",
+            "1h",
+        ],
+    );
+    let mut c = node.client("u").await;
+    let body =
+        json!({"to": {"users": ["u"]}, "event": "e", "data": "once", "idempotency_key": "k-1"});
+    redis.freeze();
+    let (status, answer) = node
+        .api(reqwest::Method::POST, "/api/publish", Some(body.clone()))
+        .await;
+    redis.thaw();
+    assert_eq!(status, 504, "{answer}");
+    assert_eq!(answer["error"]["code"], "outcome_unknown", "{answer}");
+    // The retry with the same key: 200, and the message reaches the client
+    // once, whether or not the first attempt went through.
+    let (status, retried) = node
+        .api(reqwest::Method::POST, "/api/publish", Some(body))
+        .await;
+    assert_eq!(status, 200, "{retried}");
+    let (_, marker) = node.publish(json!({"users": ["u"]}), json!("marker")).await;
+    let mut seen = Vec::new();
+    loop {
+        let m = c.recv_type("message").await;
+        if m["id"] == marker["id"] {
+            break;
+        }
+        seen.push(m["id"].clone());
+    }
+    assert_eq!(seen, vec![retried["id"].clone()], "delivered once");
+}

@@ -206,8 +206,8 @@ async fn groups_broadcast_kick_and_server_join_across_nodes() {
 }
 
 /// Redis killed and restarted on the same port: clients stay connected,
-/// publishes during the outage get 503 (and readiness fails), and delivery
-/// resumes after the restart.
+/// publishes during the outage get 503 (or 504 when one was in flight as
+/// Redis died; readiness fails), and delivery resumes after the restart.
 #[tokio::test]
 async fn redis_outage_keeps_clients_and_recovers() {
     if !support::redis::available() {
@@ -221,11 +221,16 @@ async fn redis_outage_keeps_clients_and_recovers() {
     assert_eq!(a.internal_get("/readyz").await.0, 200);
 
     redis.kill();
+    // 503 once the node knows the connection is gone; 504 for a publish
+    // written to the connection just before it broke (the node cannot
+    // know whether Redis executed it).
     let (s, body) = b.publish(json!({"users": ["u"]}), json!("lost")).await;
-    assert_eq!(
-        (s, body["error"]["code"].as_str()),
-        (503, Some("broker_unavailable")),
-        "{body}"
+    assert!(
+        matches!(
+            (s, body["error"]["code"].as_str()),
+            (503, Some("broker_unavailable")) | (504, Some("outcome_unknown"))
+        ),
+        "{s} {body}"
     );
     assert_eventually!(a.internal_get("/readyz").await.0 == 503);
     let (_, ready) = a.internal_get("/readyz").await;

@@ -48,8 +48,12 @@ pub fn router(state: &AppState) -> Router<AppState> {
 async fn timeout(State(state): State<AppState>, req: Request, next: Next) -> Response {
     match tokio::time::timeout(state.cfg.api_timeout, next.run(req)).await {
         Ok(res) => res,
-        Err(_) => HttpError::unavailable("timeout", "the request took too long; retry later")
-            .into_response(),
+        Err(_) => HttpError::new(
+            axum::http::StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            "the request took too long; the outcome is unknown",
+        )
+        .into_response(),
     }
 }
 

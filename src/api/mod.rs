@@ -82,8 +82,13 @@ async fn api_guard(State(state): State<AppState>, req: Request, next: Next) -> R
     }
     match tokio::time::timeout(state.cfg.api_timeout, next.run(req)).await {
         Ok(res) => res,
-        Err(_) => HttpError::unavailable("timeout", "the request took too long; retry later")
-            .into_response(),
+        // Cut off mid-way: a publish may have happened (or still happen).
+        Err(_) => HttpError::new(
+            axum::http::StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            "the request took too long; the outcome is unknown: retry a publish only with the same idempotency_key",
+        )
+        .into_response(),
     }
 }
 

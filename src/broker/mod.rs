@@ -118,8 +118,14 @@ impl Health {
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BrokerError {
+    /// Nothing was done: the command was not sent (or was refused).
     #[error("broker unavailable: {0}")]
     Unavailable(String),
+    /// A publish was handed to the broker but no answer came in time: it
+    /// may have been published, or may still be. Retry only with the same
+    /// idempotency key.
+    #[error("no answer from the broker in time; the message may have been published: {0}")]
+    OutcomeUnknown(String),
     #[error("broker is closed")]
     Closed,
 }

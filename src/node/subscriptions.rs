@@ -101,7 +101,7 @@ impl Node {
                     BrokerError::Closed => {
                         tracing::debug!(%channel, "unsubscribe after broker close");
                     }
-                    BrokerError::Unavailable(_) => {
+                    BrokerError::Unavailable(_) | BrokerError::OutcomeUnknown(_) => {
                         tracing::warn!(%channel, error = %e, "unsubscribe failed");
                     }
                 }

@@ -19,7 +19,7 @@ use fred::{
 };
 use tokio::sync::broadcast::error::RecvError;
 
-use super::{RedisBroker, unavailable};
+use super::{RedisBroker, publish_error, unavailable};
 use crate::{
     broker::history::Stored,
     broker::{BrokerError, Envelope, History, HistoryOptions, IdempotencyKey, Published, wire},
@@ -166,7 +166,14 @@ impl RedisBroker {
             }
             other => other,
         };
-        match reply.map_err(|e| unavailable(&e))? {
+        let reply = reply.map_err(|e| {
+            if function == "fanout_publish" {
+                publish_error(&e)
+            } else {
+                unavailable(&e)
+            }
+        });
+        match reply? {
             Value::Array(values) => Ok(values),
             _ => Err(bad_reply(function)),
         }

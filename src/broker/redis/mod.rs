@@ -112,6 +112,21 @@ fn unavailable(e: &FredError) -> BrokerError {
     BrokerError::Unavailable(e.to_string())
 }
 
+/// A publish's error. No answer in time, a connection lost or a command
+/// cancelled after it was handed to fred: the command may have reached
+/// Redis (or may still, from fred's queue), so the outcome is unknown. An
+/// error reply (Redis refused it) or a client-side refusal: nothing was
+/// published.
+fn publish_error(e: &FredError) -> BrokerError {
+    use fred::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::Timeout | ErrorKind::IO | ErrorKind::Canceled => {
+            BrokerError::OutcomeUnknown(e.to_string())
+        }
+        _ => unavailable(e),
+    }
+}
+
 impl RedisBroker {
     /// Connects the publisher and the subscriber pool and starts the
     /// background tasks (on `tracker`). Fails if Redis cannot be reached.
@@ -234,7 +249,7 @@ impl RedisBroker {
         } else {
             publisher.publish(name, payload).await
         };
-        let receivers = r.map_err(|e| unavailable(&e))?;
+        let receivers = r.map_err(|e| publish_error(&e))?;
         Ok(Published {
             receivers: usize::try_from(receivers.max(0)).unwrap_or(0),
             position: None,
