@@ -3,7 +3,8 @@
 //!
 //! A request without `Origin` passes (only browsers send it, and they
 //! always do). Otherwise the origin must be listed, or be the page's own:
-//! its host and port equal the `Host` header's, a missing port meaning the
+//! its scheme is the request's (`https` when `X-Forwarded-Proto` says so, else
+//! `http`) and its host and port equal the `Host` header's, a missing port meaning the
 //! scheme's default (80 for http/ws, 443 for https/wss). `*` or `--dev`
 //! let any origin in.
 
@@ -57,6 +58,11 @@ impl Origin {
             host: authority.host().to_ascii_lowercase(),
             scheme,
         })
+    }
+
+    /// Whether the origin is a TLS one (`https`, `wss`).
+    fn is_secure(&self) -> bool {
+        matches!(self.scheme.as_str(), "https" | "wss")
     }
 
     /// Whether the `Host` header names this origin's host and port.
@@ -127,9 +133,15 @@ impl OriginPolicy {
 
     /// Whether a request with these headers may open a connection.
     pub fn allows(&self, headers: &HeaderMap) -> bool {
-        let Some(origin) = headers.get(header::ORIGIN) else {
+        let mut origins = headers.get_all(header::ORIGIN).iter();
+        let Some(origin) = origins.next() else {
             return true;
         };
+        // A browser sends one; two are a forgery meant to slip one past a
+        // check that reads only the first.
+        if origins.next().is_some() {
+            return false;
+        }
         let Ok(origin) = origin.to_str() else {
             return false;
         };
@@ -144,11 +156,26 @@ impl OriginPolicy {
         };
         let listed = self.allowed.contains(&Allowed::Origin(origin.clone()));
         listed
-            || headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .is_some_and(|host| origin.is_host(host))
+            || (origin.is_secure() == request_is_secure(headers)
+                && headers
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .is_some_and(|host| origin.is_host(host)))
     }
+}
+
+/// Whether the page's request came over TLS: `X-Forwarded-Proto` from a
+/// TLS-terminating proxy says so (its first value); without it the
+/// listener's own plain HTTP counts.
+fn request_is_secure(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .is_some_and(|p| {
+            let p = p.trim();
+            p.eq_ignore_ascii_case("https") || p.eq_ignore_ascii_case("wss")
+        })
 }
 
 #[cfg(test)]
@@ -179,7 +206,22 @@ mod tests {
         assert!(p.allows(&headers(None, "a.com")));
         assert!(p.allows(&headers(Some("http://a.com"), "a.com")));
         assert!(p.allows(&headers(Some("http://A.com"), "a.COM:80")));
-        assert!(p.allows(&headers(Some("https://a.com"), "a.com:443")));
+        // The scheme counts too: an https page is not the origin of a
+        // plain-HTTP listener, unless a TLS proxy says the request was https.
+        assert!(!p.allows(&headers(Some("https://a.com"), "a.com:443")));
+        let mut tls = headers(Some("https://a.com"), "a.com");
+        tls.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        assert!(p.allows(&tls));
+        let mut plain_page = headers(Some("http://a.com"), "a.com");
+        plain_page.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        assert!(!p.allows(&plain_page));
+        // Two Origin headers: refused, even if the first would pass.
+        let mut two = headers(Some("http://a.com"), "a.com");
+        two.append(
+            header::ORIGIN,
+            HeaderValue::from_static("https://evil.example"),
+        );
+        assert!(!p.allows(&two));
         assert!(p.allows(&headers(Some("http://a.com:8080"), "a.com:8080")));
         assert!(p.allows(&headers(Some("http://[::1]:8080"), "[::1]:8080")));
         assert!(!p.allows(&headers(Some("http://a.com"), "a.com:443")));
