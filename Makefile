@@ -5,7 +5,7 @@ CARGO ?= cargo
 LISTEN ?= 127.0.0.1:8080
 INTERNAL ?= 127.0.0.1:9090
 
-.PHONY: run build test fmt fmt-check lint unit-test client-test browser-test ensure-redis ensure-node ensure-examples helm-lint bench bench-compare cluster
+.PHONY: run build test fmt fmt-check lint unit-test client-test browser-test ensure-redis ensure-node ensure-examples helm-lint bench bench-compare cluster fuzz-smoke
 
 ## Build and start a development node (generated secret and API key, printed).
 run:
@@ -98,3 +98,24 @@ bench-compare: ensure-redis ensure-node
 ## (installs helm and kubernetes-validate into a cache when missing).
 helm-lint:
 	bash .ci/check-chart.sh
+
+## Every cargo-fuzz target (fuzz/, docs/fuzzing.md) for a fixed number of
+## executions (FUZZ_RUNS, default 50000) from its seed corpus, built with
+## the quick-to-build dev profile; the inputs a run finds go to a scratch
+## corpus under fuzz/target/, never into the committed seeds. Any crash
+## fails, its input saved in fuzz/artifacts/<target>/. Nightly toolchain
+## and cargo-fuzz: .ci/ensure-fuzz.sh.
+fuzz-smoke:
+	@.ci/ensure-fuzz.sh
+	@fuzz="cargo +$${FANOUT_FUZZ_TOOLCHAIN:-nightly} fuzz" && \
+	$$fuzz build --dev --sanitizer none && \
+	for t in $$($$fuzz list); do \
+		dir=fuzz/target/smoke/$$t && rm -rf $$dir && mkdir -p $$dir && \
+		if $$fuzz run --dev --sanitizer none $$t $$dir fuzz/corpus/$$t -- \
+			-runs=$${FUZZ_RUNS:-50000} -dict=fuzz/fanout.dict -timeout=10 \
+			-print_final_stats=1 >$$dir.log 2>&1; then \
+			echo "fuzz-smoke $$t: $$(grep -m1 'DONE' $$dir.log)"; \
+		else \
+			tail -n 80 $$dir.log; echo "fuzz-smoke $$t: FAILED (log: $$dir.log)"; exit 1; \
+		fi; \
+	done

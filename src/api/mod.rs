@@ -8,6 +8,9 @@ pub mod internal;
 mod publish;
 mod users;
 
+#[doc(hidden)]
+pub use publish::check_publish_body;
+
 use axum::{
     Router,
     extract::{DefaultBodyLimit, MatchedPath, Request, State},

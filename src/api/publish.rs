@@ -55,6 +55,38 @@ pub(super) async fn publish(
     body: Result<Json<PublishRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<PublishResponse>, HttpError> {
     let Json(req) = body?;
+    let Checked {
+        targets,
+        event,
+        data,
+        key,
+    } = check(req)?;
+    let mut publication = state.node.publication(event, data, None);
+    if let Some(key) = &key {
+        // A retry must carry the same id, whichever channels it reaches.
+        publication.id = key.message_id();
+    }
+    let published = state
+        .node
+        .publish(&targets, publication, key.as_ref())
+        .await?;
+    Ok(Json(PublishResponse {
+        id: published.id,
+        offline_users: published.offline_users,
+        positions: published.positions.into_iter().collect(),
+    }))
+}
+
+/// A publish body that passed every check: what the handler publishes.
+struct Checked {
+    targets: Targets,
+    event: Option<String>,
+    data: Box<RawValue>,
+    key: Option<IdempotencyKey>,
+}
+
+/// Every check of a publish body that needs no node.
+fn check(req: PublishRequest) -> Result<Checked, HttpError> {
     let targets = validate(req.to)?;
     if let Some(event) = &req.event
         && !is_valid_event(event)
@@ -73,21 +105,21 @@ pub(super) async fn publish(
             )
         })?),
     };
-    let data = req.data.unwrap_or_else(protocol::null_value);
-    let mut publication = state.node.publication(req.event, data, None);
-    if let Some(key) = &key {
-        // A retry must carry the same id, whichever channels it reaches.
-        publication.id = key.message_id();
-    }
-    let published = state
-        .node
-        .publish(&targets, publication, key.as_ref())
-        .await?;
-    Ok(Json(PublishResponse {
-        id: published.id,
-        offline_users: published.offline_users,
-        positions: published.positions.into_iter().collect(),
-    }))
+    Ok(Checked {
+        targets,
+        event: req.event,
+        data: req.data.unwrap_or_else(protocol::null_value),
+        key,
+    })
+}
+
+/// Reads and checks a publish body exactly as `POST /api/publish` does
+/// (axum's JSON extractor, then [`check`]), without publishing it: the
+/// entry point of the `publish_body` fuzz target (docs/fuzzing.md).
+#[doc(hidden)]
+pub fn check_publish_body(body: &[u8]) -> Result<Targets, HttpError> {
+    let Json(req) = Json::<PublishRequest>::from_bytes(body)?;
+    check(req).map(|checked| checked.targets)
 }
 
 fn validate(to: To) -> Result<Targets, HttpError> {
@@ -127,4 +159,36 @@ fn names(list: Vec<String>, code: &'static str, what: &str) -> Result<Vec<String
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fuzz target's entry point reads bodies as the handler does.
+    #[test]
+    fn publish_bodies_are_checked_as_documented() {
+        let t =
+            check_publish_body(br#"{"to":{"users":["42","7","42"],"groups":["room-1"]}}"#).unwrap();
+        assert_eq!(
+            (t.users, t.groups, t.all),
+            (vec!["42".into(), "7".into()], vec!["room-1".into()], false)
+        );
+        for (body, code) in [
+            (&br#"{"to":{}}"#[..], "no_target"),
+            (br#"{"to":{"all":true},"extra":1}"#, "invalid_json"),
+            (br#"{"to":{"users":["a b"]}}"#, "invalid_user"),
+            (br#"{"to":{"all":true},"event":""}"#, "invalid_event"),
+            (
+                br#"{"to":{"all":true},"idempotency_key":"a b"}"#,
+                "invalid_idempotency_key",
+            ),
+            (b"{", "invalid_json"),
+        ] {
+            assert_eq!(
+                check_publish_body(body).map(drop).map_err(|e| e.code),
+                Err(code)
+            );
+        }
+    }
 }
