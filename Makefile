@@ -20,8 +20,9 @@ build:
 cluster: ensure-redis build
 	@.ci/dev-cluster.sh
 
-## Everything CI checks: formatting, lints, every test of every package of
-## the workspace (the server and bench/), the Helm chart.
+## Formatting, lints, every test of every package of the workspace (the
+## server and bench/), the client library, the browser tests, the Helm
+## chart. CI (.ci/run) runs this, then `make fuzz-smoke`.
 test: fmt-check lint unit-test client-test browser-test helm-lint
 
 fmt:

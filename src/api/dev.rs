@@ -15,13 +15,13 @@ use axum::{
     Json, Router,
     extract::{DefaultBodyLimit, Request, State},
     middleware::{self, Next},
-    response::{IntoResponse, Response},
+    response::Response,
     routing::{get, post},
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{publish, track, users};
+use super::{bounded, publish, track, users};
 use crate::http_error::HttpError;
 use crate::{
     protocol::{NAME_RULE, is_valid_name},
@@ -44,17 +44,9 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .layer(DefaultBodyLimit::max(state.cfg.api_body_limit as usize))
 }
 
-/// The API's timeout, without its key check.
+/// The API's body check and timeout, without its key check.
 async fn timeout(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    match tokio::time::timeout(state.cfg.api_timeout, next.run(req)).await {
-        Ok(res) => res,
-        Err(_) => HttpError::new(
-            axum::http::StatusCode::GATEWAY_TIMEOUT,
-            "timeout",
-            "the request took too long; the outcome is unknown",
-        )
-        .into_response(),
-    }
+    bounded(&state, req, next).await
 }
 
 #[derive(Debug, Deserialize)]

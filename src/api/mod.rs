@@ -80,6 +80,13 @@ async fn api_guard(State(state): State<AppState>, req: Request, next: Next) -> R
         }
         Some(_) => {}
     }
+    bounded(&state, req, next).await
+}
+
+/// What every request past its key check gets (the API's, and the `--dev`
+/// helpers' without a key): 413 at once for an announced oversized body,
+/// and the API timeout.
+async fn bounded(state: &AppState, req: Request, next: Next) -> Response {
     if let Some(refused) = declared_too_large(&req, state.cfg.api_body_limit) {
         return refused;
     }
