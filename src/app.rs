@@ -18,6 +18,7 @@ use crate::{
     config::{Config, ConfigError},
     http_error::HttpError,
     ids::random_id,
+    limits::Limits,
     metrics,
     node::{Node, NodeOptions},
     origin::OriginPolicy,
@@ -146,6 +147,7 @@ pub async fn spawn(settings: Settings, shutdown: Shutdown) -> anyhow::Result<App
             unsubscribe_linger: linger,
             query_timeout: cfg.query_timeout,
             max_recovery: cfg.max_recovery,
+            limits: Limits::from_config(&cfg),
         },
         broker,
     );
@@ -159,12 +161,16 @@ pub async fn spawn(settings: Settings, shutdown: Shutdown) -> anyhow::Result<App
     let listener = bind(cfg.listen)
         .with_context(|| format!("binding the client listener on {}", cfg.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
+    let api_limits = Limits::from_config(&cfg)
+        .api_limiters(auth.api_keys())
+        .map(Arc::from);
     let state = AppState {
         node,
         auth,
         cfg,
         shutdown: shutdown.clone(),
         origins,
+        api_limits,
     };
     let router = router(&state);
     let options = ServeOptions {

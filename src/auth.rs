@@ -339,13 +339,27 @@ impl Authenticator {
     /// True when `presented` equals one of the configured API keys. Every
     /// key is compared, in constant time, whatever the outcome.
     pub fn check_api_key(&self, presented: &str) -> bool {
+        self.api_key_index(presented).is_some()
+    }
+
+    /// Which configured API key `presented` is (its place in `--api-keys`),
+    /// compared in constant time whichever it is, or none.
+    pub fn api_key_index(&self, presented: &str) -> Option<usize> {
+        use subtle::ConditionallySelectable;
         let presented = digest(presented);
-        self.api_key_digests
-            .iter()
-            .fold(subtle::Choice::from(0), |found, key| {
-                found | key.ct_eq(&presented)
-            })
-            .into()
+        let mut found = subtle::Choice::from(0);
+        let mut index = 0u64;
+        for (i, key) in self.api_key_digests.iter().enumerate() {
+            let same = key.ct_eq(&presented);
+            index.conditional_assign(&(i as u64), same);
+            found |= same;
+        }
+        bool::from(found).then_some(index as usize)
+    }
+
+    /// How many API keys are configured.
+    pub fn api_keys(&self) -> usize {
+        self.api_key_digests.len()
     }
 }
 
@@ -424,6 +438,9 @@ mod tests {
         let a = hs();
         assert!(a.check_api_key("k1") && a.check_api_key("k2"));
         assert!(!a.check_api_key("k") && !a.check_api_key("k12") && !a.check_api_key(""));
+        assert_eq!(a.api_key_index("k1"), Some(0));
+        assert_eq!(a.api_key_index("k2"), Some(1));
+        assert_eq!(a.api_key_index("k3"), None);
     }
 
     #[test]

@@ -22,7 +22,9 @@ use crate::{
     broker::BrokerError,
     http_error::HttpError,
     ids::unix_ms,
+    limits::{self, ConnLimits},
     log_limit::LogLimiter,
+    metrics::Limit,
     node::{Node, NodeError, Resumed, Targets},
     protocol::{
         self, Channel, ChannelKind, ClientFrame, CloseReason, ErrorCode, FrameError, Positions,
@@ -49,6 +51,7 @@ impl NodeError {
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::TooManyGroups(_) => ErrorCode::TooManyGroups,
+            Self::TooManyConnections(_) => ErrorCode::ConnectionLimit,
             Self::Broker(BrokerError::OutcomeUnknown(_)) => ErrorCode::OutcomeUnknown,
             // A closing connection gets no more replies; a session
             // operation that raced with its close reads as "unavailable".
@@ -73,6 +76,11 @@ impl From<NodeError> for HttpError {
         match (code, &e) {
             (ErrorCode::TooManyGroups, _) => {
                 Self::new(StatusCode::BAD_REQUEST, code.as_str(), e.to_string())
+            }
+            (ErrorCode::ConnectionLimit, _) => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, code.as_str(), e.to_string()).retry_after(
+                    std::time::Duration::from_millis(protocol::RETRY_AFTER_LIMIT_MS),
+                )
             }
             (ErrorCode::OutcomeUnknown, _) => {
                 if let Some(suppressed) = API_BROKER_LOG.allow() {
@@ -247,6 +255,8 @@ pub struct Client {
     session: Session,
     /// Bad frames in a row; reset by a good one.
     bad_frames: u32,
+    /// This connection's frame, publish and join rate limiters.
+    limits: ConnLimits,
 }
 
 /// Why a connection could not start.
@@ -258,6 +268,9 @@ pub enum ConnectError {
     Refused(FrameError),
     /// The broker could not take the connection (close 3004).
     Unavailable(NodeError),
+    /// The user holds `--max-user-connections` on this node: answered with
+    /// this error frame and close 3014 (SSE: 429).
+    Limited(FrameError),
 }
 
 /// Where a connection starts: groups to join, and where the client says
@@ -301,13 +314,19 @@ impl Client {
         let session = node
             .connect(creds.uid.clone(), &channels)
             .await
-            .map_err(ConnectError::Unavailable)?;
+            .map_err(|e| match e {
+                NodeError::TooManyConnections(_) => {
+                    ConnectError::Limited(FrameError::new(None, e.code(), e.to_string()))
+                }
+                e => ConnectError::Unavailable(e),
+            })?;
         let client = Self {
             node: node.clone(),
             auth,
             creds,
             session,
             bad_frames: 0,
+            limits: ConnLimits::default(),
         };
         match client.start(&channels, &groups, &since).await {
             Ok(resumed) => {
@@ -445,9 +464,51 @@ impl Client {
         }
     }
 
+    /// Counts one frame the client sent (of any kind, before it is read)
+    /// against `--client-frame-rate`: a connection over it is told so and
+    /// closed with 3013.
+    pub fn admit_frame(&mut self) -> Outcome {
+        match self.limits.check(Limit::Frames, self.node.limits()) {
+            Ok(()) => Outcome::Continue,
+            Err(wait) => {
+                let wait_ms = limits::ceil_ms(wait);
+                self.reply(
+                    FrameError::new(
+                        None,
+                        ErrorCode::RateLimited,
+                        "frames sent faster than this server allows; closing",
+                    )
+                    .retry_after_ms(wait_ms)
+                    .frame(),
+                );
+                Outcome::Close(CloseReason::too_many_requests(wait_ms))
+            }
+        }
+    }
+
+    /// Counts one `kind` frame against its rate limit.
+    fn check_rate(&mut self, kind: Limit, id: Option<i64>) -> Result<(), FrameError> {
+        self.limits.check(kind, self.node.limits()).map_err(|wait| {
+            FrameError::new(
+                id,
+                ErrorCode::RateLimited,
+                format!(
+                    "`{}` frames sent faster than this server allows; nothing was done",
+                    kind.as_str()
+                ),
+            )
+            .retry_after_ms(limits::ceil_ms(wait))
+        })
+    }
+
     /// Answers a bad frame with its `error`; the 17th in a row closes the
-    /// connection as a protocol violation.
+    /// connection as a protocol violation. A rate-limited frame is not a
+    /// bad one: the client only has to slow down.
     pub fn refuse(&mut self, e: &FrameError) -> Outcome {
+        if e.code == ErrorCode::RateLimited {
+            self.reply(e.frame());
+            return Outcome::Continue;
+        }
         self.bad_frames = self.bad_frames.saturating_add(1);
         if self.bad_frames > MAX_BAD_FRAMES {
             self.reply(protocol::error_frame(
@@ -476,6 +537,7 @@ impl Client {
                 if !self.creds.groups.allows(&group) {
                     return Err(forbidden_join(id, &group));
                 }
+                self.check_rate(Limit::Join, id)?;
                 let resumed = self
                     .node
                     .join(&self.session, &group, since.as_ref())
@@ -506,6 +568,7 @@ impl Client {
                         format!("the token does not allow publishing to `{group}`"),
                     ));
                 }
+                self.check_rate(Limit::Publish, id)?;
                 let publication =
                     self.node
                         .publication(event, data, Some(self.creds.uid.to_string()));

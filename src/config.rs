@@ -30,6 +30,15 @@ pub const ENV_WRITE_TIMEOUT: &str = "FANOUT_WRITE_TIMEOUT";
 pub const ENV_OUTBOUND_QUEUE: &str = "FANOUT_OUTBOUND_QUEUE";
 pub const ENV_MAX_FRAME: &str = "FANOUT_MAX_FRAME";
 pub const ENV_MAX_GROUPS: &str = "FANOUT_MAX_GROUPS";
+pub const ENV_MAX_USER_CONNECTIONS: &str = "FANOUT_MAX_USER_CONNECTIONS";
+pub const ENV_CLIENT_FRAME_RATE: &str = "FANOUT_CLIENT_FRAME_RATE";
+pub const ENV_CLIENT_FRAME_BURST: &str = "FANOUT_CLIENT_FRAME_BURST";
+pub const ENV_CLIENT_PUBLISH_RATE: &str = "FANOUT_CLIENT_PUBLISH_RATE";
+pub const ENV_CLIENT_PUBLISH_BURST: &str = "FANOUT_CLIENT_PUBLISH_BURST";
+pub const ENV_CLIENT_JOIN_RATE: &str = "FANOUT_CLIENT_JOIN_RATE";
+pub const ENV_CLIENT_JOIN_BURST: &str = "FANOUT_CLIENT_JOIN_BURST";
+pub const ENV_API_RATE: &str = "FANOUT_API_RATE";
+pub const ENV_API_BURST: &str = "FANOUT_API_BURST";
 pub const ENV_API_BODY_LIMIT: &str = "FANOUT_API_BODY_LIMIT";
 pub const ENV_API_TIMEOUT: &str = "FANOUT_API_TIMEOUT";
 pub const ENV_WS_READ_BUFFER: &str = "FANOUT_WS_READ_BUFFER";
@@ -310,6 +319,48 @@ pub struct Config {
     #[arg(long, env = ENV_MAX_GROUPS, default_value_t = 256)]
     pub max_groups: usize,
 
+    /// Most connections one user (token `sub`) may hold on this node (0: no cap); one
+    /// more is refused (`connection_limit`, close 3014, SSE: 429).
+    #[arg(long, env = ENV_MAX_USER_CONNECTIONS, default_value_t = 100)]
+    pub max_user_connections: usize,
+
+    /// Frames of every kind one connection may send per second, on average (0: no
+    /// limit); a connection over it is closed with 3013 `too_many_requests`.
+    #[arg(long, env = ENV_CLIENT_FRAME_RATE, default_value_t = 100)]
+    pub client_frame_rate: u32,
+
+    /// Frames one connection may send at once above --client-frame-rate.
+    #[arg(long, env = ENV_CLIENT_FRAME_BURST, default_value_t = 300)]
+    pub client_frame_burst: u32,
+
+    /// `publish` frames one connection may send per second, on average (0: no limit);
+    /// one over it is refused with a `rate_limited` error, the connection stays.
+    #[arg(long, env = ENV_CLIENT_PUBLISH_RATE, default_value_t = 10)]
+    pub client_publish_rate: u32,
+
+    /// `publish` frames one connection may send at once above --client-publish-rate.
+    #[arg(long, env = ENV_CLIENT_PUBLISH_BURST, default_value_t = 50)]
+    pub client_publish_burst: u32,
+
+    /// `join` frames one connection may send per second, on average (0: no limit); one
+    /// over it is refused with a `rate_limited` error, the connection stays.
+    #[arg(long, env = ENV_CLIENT_JOIN_RATE, default_value_t = 10)]
+    pub client_join_rate: u32,
+
+    /// `join` frames one connection may send at once above --client-join-rate: at least
+    /// --max-groups, so a client that reconnects can rejoin all its groups at once.
+    #[arg(long, env = ENV_CLIENT_JOIN_BURST, default_value_t = 300)]
+    pub client_join_burst: u32,
+
+    /// API requests one API key may make per second on this node, on average (0: no
+    /// limit); one over it gets 429 `rate_limited` with `Retry-After`.
+    #[arg(long, env = ENV_API_RATE, default_value_t = 0)]
+    pub api_rate: u32,
+
+    /// API requests one API key may make at once above --api-rate.
+    #[arg(long, env = ENV_API_BURST, default_value_t = 1000)]
+    pub api_burst: u32,
+
     /// Largest HTTP API request body.
     #[arg(long, env = ENV_API_BODY_LIMIT, default_value = "64KiB", value_parser = parse_bytes)]
     pub api_body_limit: u64,
@@ -491,6 +542,39 @@ impl Config {
         need(
             self.max_groups > 0,
             format!("{ENV_MAX_GROUPS} must be at least 1"),
+        );
+        for (rate_name, rate, burst_name, burst) in [
+            (
+                ENV_CLIENT_FRAME_RATE,
+                self.client_frame_rate,
+                ENV_CLIENT_FRAME_BURST,
+                self.client_frame_burst,
+            ),
+            (
+                ENV_CLIENT_PUBLISH_RATE,
+                self.client_publish_rate,
+                ENV_CLIENT_PUBLISH_BURST,
+                self.client_publish_burst,
+            ),
+            (
+                ENV_CLIENT_JOIN_RATE,
+                self.client_join_rate,
+                ENV_CLIENT_JOIN_BURST,
+                self.client_join_burst,
+            ),
+            (ENV_API_RATE, self.api_rate, ENV_API_BURST, self.api_burst),
+        ] {
+            need(
+                rate == 0 || burst >= 1,
+                format!("{burst_name} must be at least 1 when {rate_name} is set"),
+            );
+        }
+        need(
+            self.client_frame_rate == 0
+                || self.client_frame_burst >= self.client_join_burst.min(self.max_groups as u32),
+            format!(
+                "{ENV_CLIENT_FRAME_BURST} must let a reconnecting client rejoin its groups: at least {ENV_CLIENT_JOIN_BURST} or {ENV_MAX_GROUPS}, whichever is smaller"
+            ),
         );
         for (name, size) in [
             (ENV_HISTORY_USER_SIZE, self.history_user_size),

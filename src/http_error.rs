@@ -4,7 +4,7 @@
 //! only. A leaf: how a domain error becomes one is decided in
 //! [`crate::client`], the one place that maps errors to codes.
 
-use std::borrow::Cow;
+use std::{borrow::Cow, time::Duration};
 
 use axum::{
     Json,
@@ -19,6 +19,9 @@ pub struct HttpError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: Cow<'static, str>,
+    /// When to try again: a `Retry-After` header (whole seconds, rounded
+    /// up) and `retry_after_ms` in the body.
+    pub retry_after: Option<Duration>,
 }
 
 impl HttpError {
@@ -31,7 +34,14 @@ impl HttpError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// The same error, telling the caller when to try again.
+    pub fn retry_after(mut self, wait: Duration) -> Self {
+        self.retry_after = Some(wait);
+        self
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
@@ -68,8 +78,15 @@ impl HttpError {
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let mut body = json!({"error": {"code": self.code, "message": self.message}});
+        if let Some(wait) = self.retry_after {
+            body["error"]["retry_after_ms"] = json!(ceil_ms(wait));
+        }
         let mut res = (self.status, Json(body)).into_response();
+        if let Some(wait) = self.retry_after {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(ceil_secs(wait)));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             res.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -93,5 +110,41 @@ impl From<JsonRejection> for HttpError {
             ),
             _ => Self::bad_request("invalid_json", rejection.body_text()),
         }
+    }
+}
+
+/// Milliseconds of a wait, rounded up and at least 1 (a hint of 0 invites
+/// a retry that is refused again).
+pub fn ceil_ms(wait: Duration) -> u64 {
+    let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+    if Duration::from_millis(ms) < wait {
+        ms.saturating_add(1)
+    } else {
+        ms.max(1)
+    }
+}
+
+/// Whole seconds of a wait, rounded up and at least 1 (`Retry-After`).
+pub fn ceil_secs(wait: Duration) -> u64 {
+    let secs = wait.as_secs();
+    if wait.subsec_nanos() > 0 {
+        secs.saturating_add(1)
+    } else {
+        secs.max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_round_up() {
+        assert_eq!(ceil_ms(Duration::from_micros(1)), 1);
+        assert_eq!(ceil_ms(Duration::from_micros(1_500)), 2);
+        assert_eq!(ceil_ms(Duration::ZERO), 1);
+        assert_eq!(ceil_secs(Duration::from_millis(1)), 1);
+        assert_eq!(ceil_secs(Duration::from_millis(2_001)), 3);
+        assert_eq!(ceil_secs(Duration::from_secs(2)), 2);
     }
 }

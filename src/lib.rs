@@ -25,8 +25,8 @@
 //! - [`broker`]: the `Broker` trait, the in-process and Redis brokers, the
 //!   JSON published on Redis.
 //! - [`hub`]: the sharded registry of sessions; no I/O.
-//! - [`auth`], [`session`], [`origin`]: tokens and API keys; one
-//!   connection's queue and groups; the Origin policy.
+//! - [`auth`], [`session`], [`origin`], [`limits`]: tokens and API keys;
+//!   one connection's queue and groups; the Origin policy; rate limits.
 //! - [`config`], [`metrics`]: flags and validation; every metric.
 //! - [`protocol`]: wire frames, error and close codes, names; no I/O.
 //! - [`ids`], [`shutdown`], [`http_error`], [`log_limit`]: leaves.
@@ -47,6 +47,7 @@ pub mod dev;
 pub mod http_error;
 pub mod hub;
 pub mod ids;
+pub mod limits;
 pub mod log_limit;
 pub mod metrics;
 pub mod node;

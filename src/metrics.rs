@@ -25,6 +25,7 @@ pub const CONNECTIONS_ACCEPTED: &str = "fanout_connections_accepted_total";
 pub const CONNECTIONS_REJECTED: &str = "fanout_connections_rejected_total";
 pub const DISCONNECTS: &str = "fanout_disconnects_total";
 pub const SLOW_CONSUMERS: &str = "fanout_slow_consumers_total";
+pub const RATE_LIMITED: &str = "fanout_rate_limited_total";
 pub const USERS_ONLINE: &str = "fanout_users_online";
 pub const GROUPS_ACTIVE: &str = "fanout_groups_active";
 pub const MESSAGES_DELIVERED: &str = "fanout_messages_delivered_total";
@@ -55,6 +56,7 @@ pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
 pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
 pub const PROCESS_MAX_FDS: &str = "process_max_fds";
 pub const PROCESS_START_TIME: &str = "process_start_time_seconds";
+pub const RUNTIME_TASKS_ALIVE: &str = "fanout_runtime_tasks_alive";
 
 // === label values ===
 
@@ -72,10 +74,12 @@ pub enum Rejected {
     BrokerUnavailable,
     /// Closed at accept: the node is at `--max-connections`.
     NodeFull,
+    /// The user already holds `--max-user-connections` here.
+    UserLimit,
 }
 
 impl Rejected {
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::ShuttingDown,
         Self::Origin,
         Self::NotWebsocket,
@@ -85,6 +89,7 @@ impl Rejected {
         Self::BadFrame,
         Self::BrokerUnavailable,
         Self::NodeFull,
+        Self::UserLimit,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -98,6 +103,33 @@ impl Rejected {
             Self::BadFrame => "bad_frame",
             Self::BrokerUnavailable => "broker_unavailable",
             Self::NodeFull => "node_full",
+            Self::UserLimit => "user_limit",
+        }
+    }
+}
+
+/// Which rate limit refused something (`fanout_rate_limited_total{limit}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// Every frame a connection sends (over it: close 3013).
+    Frames,
+    /// `publish` frames.
+    Publish,
+    /// `join` frames.
+    Join,
+    /// API requests of one API key.
+    Api,
+}
+
+impl Limit {
+    pub const ALL: [Self; 4] = [Self::Frames, Self::Publish, Self::Join, Self::Api];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Frames => "frames",
+            Self::Publish => "publish",
+            Self::Join => "join",
+            Self::Api => "api",
         }
     }
 }
@@ -246,6 +278,10 @@ fn describe_all() {
         SLOW_CONSUMERS,
         "Connections closed because their outbound queue was full (close 3008)."
     );
+    describe_counter!(
+        RATE_LIMITED,
+        "Client frames and API requests refused by a rate limit, by limit (frames closes the connection with 3013)."
+    );
     describe_gauge!(
         USERS_ONLINE,
         "Distinct uids with at least one connection on this node."
@@ -383,14 +419,19 @@ fn register_zeroes() {
     for reason in Rejected::ALL {
         counter!(CONNECTIONS_REJECTED, "reason" => reason.as_str()).absolute(0);
     }
-    // (Unavailable and unauthorized closes happen before registration:
-    // counted as rejected.)
+    for limit in Limit::ALL {
+        counter!(RATE_LIMITED, "limit" => limit.as_str()).absolute(0);
+    }
+    // (Unavailable, unauthorized and connection-limit closes happen before
+    // registration: counted as rejected.)
     let ended = CloseReason::ALL
         .into_iter()
         .filter(|r| {
             !matches!(
                 r,
-                CloseReason::Unauthorized | CloseReason::Unavailable { .. }
+                CloseReason::Unauthorized
+                    | CloseReason::Unavailable { .. }
+                    | CloseReason::ConnectionLimit { .. }
             )
         })
         .map(Ended::Closed)
@@ -465,6 +506,11 @@ pub fn broadcast(queued: usize, slow: usize, took: Duration) {
     counter!(MESSAGES_DELIVERED).increment(queued as u64);
     let _ = slow; // counted where the queue overflows: `slow_consumer`
     histogram!(BROADCAST_DURATION).record(took.as_secs_f64());
+}
+
+/// A client frame or API request was refused by `limit`.
+pub fn rate_limited(limit: Limit) {
+    counter!(RATE_LIMITED, "limit" => limit.as_str()).increment(1);
 }
 
 /// A connection's queue overflowed: it is closing with 3008.
@@ -578,9 +624,9 @@ pub fn epoch_reset() {
 // === process ===
 
 /// The standard `process_*` metrics of this process, read with the
-/// `procfs` crate, as text to append to the exposition: the `metrics` crate
-/// has no float counters for `process_cpu_seconds_total`. A value that
-/// cannot be read is left out.
+/// `procfs` crate, and the tokio runtime's live task count, as text to
+/// append to the exposition: the `metrics` crate has no float counters for
+/// `process_cpu_seconds_total`. A value that cannot be read is left out.
 pub fn process_exposition() -> String {
     use std::fmt::Write;
 
@@ -636,6 +682,16 @@ pub fn process_exposition() -> String {
         "Start time of the process since unix epoch in seconds.",
         start_time(),
     );
+    // Read at the scrape like the above: a task that never ends (a session
+    // or timer left behind) shows as growth here. Absent outside a runtime.
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        emit(
+            RUNTIME_TASKS_ALIVE,
+            "gauge",
+            "Tokio tasks spawned and not yet finished in this process.",
+            rt.metrics().num_alive_tasks() as f64,
+        );
+    }
     out
 }
 

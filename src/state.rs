@@ -7,7 +7,8 @@ use std::sync::Arc;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::{
-    auth::Authenticator, config::Config, node::Node, origin::OriginPolicy, shutdown::Shutdown,
+    auth::Authenticator, config::Config, limits::Limiter, node::Node, origin::OriginPolicy,
+    shutdown::Shutdown,
 };
 
 #[derive(Debug, Clone)]
@@ -18,6 +19,9 @@ pub struct AppState {
     pub shutdown: Shutdown,
     /// Which pages may open client connections.
     pub origins: Arc<OriginPolicy>,
+    /// One request-rate limiter per API key (by its place in
+    /// `--api-keys`), or none when `--api-rate` is 0.
+    pub api_limits: Option<Arc<[Limiter]>>,
 }
 
 /// One TCP connection's place under `--max-connections` (see

@@ -15,7 +15,7 @@ const LAYERS: &[&[&str]] = &[
     &["ids", "shutdown", "http_error", "log_limit"],
     &["protocol"],
     &["config", "metrics"],
-    &["auth", "session", "origin"],
+    &["auth", "session", "origin", "limits"],
     &["hub"],
     &["broker"],
     &["node"],

@@ -21,7 +21,11 @@ use axum::{
 };
 
 use crate::http_error::HttpError;
-use crate::{metrics, state::AppState};
+use crate::{
+    limits,
+    metrics::{self, Limit},
+    state::AppState,
+};
 
 /// The API routes, to be nested under `/api`.
 pub fn router(state: &AppState) -> Router<AppState> {
@@ -67,18 +71,24 @@ async fn api_guard(State(state): State<AppState>, req: Request, next: Next) -> R
             let (scheme, key) = v.split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
         });
-    match presented {
-        None => {
-            return HttpError::unauthorized(
-                "unauthorized",
-                "send `Authorization: Bearer <api key>`",
-            )
+    let Some(presented) = presented else {
+        return HttpError::unauthorized("unauthorized", "send `Authorization: Bearer <api key>`")
             .into_response();
-        }
-        Some(key) if !state.auth.check_api_key(key) => {
-            return HttpError::unauthorized("unauthorized", "invalid API key").into_response();
-        }
-        Some(_) => {}
+    };
+    let Some(key) = state.auth.api_key_index(presented) else {
+        return HttpError::unauthorized("unauthorized", "invalid API key").into_response();
+    };
+    if let Some(limiter) = state.api_limits.as_ref().and_then(|l| l.get(key))
+        && let Err(wait) = limits::check(limiter)
+    {
+        metrics::rate_limited(Limit::Api);
+        return HttpError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "this API key made more requests than this node allows (--api-rate); nothing was done",
+        )
+        .retry_after(wait)
+        .into_response();
     }
     bounded(&state, req, next).await
 }

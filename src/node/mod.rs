@@ -56,6 +56,7 @@ use crate::{
     broker::{AnyBroker, Broker, BrokerError, Command, Envelope, Health, IdempotencyKey},
     hub::{Added, Counts, Hub, Removed},
     ids::message_id,
+    limits::Limits,
     metrics,
     protocol::{Channel, Position, Publication},
     session::Session,
@@ -67,6 +68,8 @@ pub enum NodeError {
     Broker(#[from] BrokerError),
     #[error("a connection may be in at most {0} groups")]
     TooManyGroups(usize),
+    #[error("this user already has {0} connections on this node, the most allowed")]
+    TooManyConnections(usize),
     #[error("the connection is closing")]
     Closed,
 }
@@ -85,6 +88,8 @@ pub struct NodeOptions {
     /// Most messages one resume replays; a client that missed more must
     /// reload (`recovered: false`).
     pub max_recovery: usize,
+    /// Rate limits of client frames and the per-user connection cap.
+    pub limits: Limits,
 }
 
 /// Where an API publish goes. Names are validated by the caller.
@@ -168,6 +173,11 @@ impl Node {
         self.inner.opts.max_groups
     }
 
+    /// Rate limits of client frames and the per-user connection cap.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.opts.limits
+    }
+
     /// Subscribes the channels every node always needs: `all` and its own
     /// `node:<id>`.
     pub async fn start(&self) -> Result<(), BrokerError> {
@@ -192,7 +202,13 @@ impl Node {
             session.begin_recovery(channel);
         }
         let channel = Channel::user(session.uid());
+        // Connections of one uid register one at a time under this lock,
+        // so the count cannot be overtaken between the check and the add.
         let mut subs = self.lock(&channel).await;
+        let cap = self.inner.opts.limits.max_user_connections;
+        if cap > 0 && self.inner.hub.user_connections(session.uid()) >= cap {
+            return Err(NodeError::TooManyConnections(cap));
+        }
         let first = self.inner.hub.add_session(&session) == Added::First;
         if let Err(e) = self.ensure_subscribed(&mut subs, &channel).await {
             self.inner.hub.remove_session(&session);
@@ -435,6 +451,7 @@ mod tests {
             unsubscribe_linger: Duration::ZERO,
             query_timeout: Duration::from_secs(5),
             max_recovery: 100,
+            limits: Limits::default(),
         };
         (Node::new(opts, AnyBroker::Memory(bus.broker(tx))), bus, rx)
     }

@@ -19,6 +19,10 @@ pub const CLOSE_TOKEN_EXPIRED: u16 = 3005;
 pub const CLOSE_SLOW: u16 = 3008;
 pub const CLOSE_WRITE_ERROR: u16 = 3009;
 pub const CLOSE_IDLE: u16 = 3012;
+/// The connection sent frames faster than `--client-frame-rate` allows.
+pub const CLOSE_TOO_MANY_REQUESTS: u16 = 3013;
+/// The user already holds `--max-user-connections` connections on the node.
+pub const CLOSE_CONNECTION_LIMIT: u16 = 3014;
 pub const CLOSE_UNAUTHORIZED: u16 = 3500;
 pub const CLOSE_PROTOCOL_VIOLATION: u16 = 3501;
 pub const CLOSE_KICKED: u16 = 3503;
@@ -31,6 +35,11 @@ pub const RETRY_SPREAD_MS: u64 = 5_000;
 /// After a failure (broker down, queue overflow) a client waits at least
 /// this long, so an overloaded node is not hammered at once.
 pub const RETRY_AFTER_FAILURE_MS: u64 = 1_000;
+/// A client refused for holding too many connections comes back no sooner
+/// than this (another of its connections has to end first), within
+/// [`RETRY_LIMIT_SPREAD_MS`] more.
+pub const RETRY_AFTER_LIMIT_MS: u64 = 10_000;
+pub const RETRY_LIMIT_SPREAD_MS: u64 = 20_000;
 
 /// Why the server ends a connection. Each maps to a close code, the `bye`
 /// frame's `reason` and whether the client should reconnect.
@@ -46,6 +55,8 @@ pub enum CloseReason {
     ProtocolViolation,
     Kicked,
     MessageTooBig,
+    TooManyRequests { retry_after_ms: u64 },
+    ConnectionLimit { retry_after_ms: u64 },
 }
 
 // === retry hints ===
@@ -83,13 +94,33 @@ impl CloseReason {
             retry_after_ms: jitter_ms(RETRY_AFTER_FAILURE_MS, RETRY_SPREAD_MS),
         }
     }
+
+    /// The connection sent frames faster than allowed: back off at least
+    /// `wait_ms` (when the limiter would admit it again), spread like any
+    /// other failure.
+    pub fn too_many_requests(wait_ms: u64) -> Self {
+        Self::TooManyRequests {
+            retry_after_ms: wait_ms
+                .saturating_add(jitter_ms(RETRY_AFTER_FAILURE_MS, RETRY_SPREAD_MS)),
+        }
+    }
+
+    /// The user holds as many connections as a node allows.
+    pub fn connection_limit() -> Self {
+        Self::ConnectionLimit {
+            retry_after_ms: jitter_ms(
+                RETRY_AFTER_LIMIT_MS,
+                RETRY_AFTER_LIMIT_MS + RETRY_LIMIT_SPREAD_MS,
+            ),
+        }
+    }
 }
 
 // === codes and frames ===
 
 impl CloseReason {
     /// Every reason, with zero hints (metrics register one series each).
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 12] = [
         Self::Shutdown { retry_after_ms: 0 },
         Self::Unavailable { retry_after_ms: 0 },
         Self::TokenExpired,
@@ -100,6 +131,8 @@ impl CloseReason {
         Self::ProtocolViolation,
         Self::Kicked,
         Self::MessageTooBig,
+        Self::TooManyRequests { retry_after_ms: 0 },
+        Self::ConnectionLimit { retry_after_ms: 0 },
     ];
 
     pub fn code(self) -> u16 {
@@ -114,6 +147,8 @@ impl CloseReason {
             Self::ProtocolViolation => CLOSE_PROTOCOL_VIOLATION,
             Self::Kicked => CLOSE_KICKED,
             Self::MessageTooBig => CLOSE_TOO_BIG,
+            Self::TooManyRequests { .. } => CLOSE_TOO_MANY_REQUESTS,
+            Self::ConnectionLimit { .. } => CLOSE_CONNECTION_LIMIT,
         }
     }
 
@@ -130,6 +165,8 @@ impl CloseReason {
             Self::ProtocolViolation => "3501",
             Self::Kicked => "3503",
             Self::MessageTooBig => "1009",
+            Self::TooManyRequests { .. } => "3013",
+            Self::ConnectionLimit { .. } => "3014",
         }
     }
 
@@ -147,6 +184,8 @@ impl CloseReason {
             Self::ProtocolViolation => "protocol_violation",
             Self::Kicked => "kicked",
             Self::MessageTooBig => "message_too_big",
+            Self::TooManyRequests { .. } => "too_many_requests",
+            Self::ConnectionLimit { .. } => "connection_limit",
         }
     }
 
@@ -162,7 +201,9 @@ impl CloseReason {
         match self {
             Self::Shutdown { retry_after_ms }
             | Self::Unavailable { retry_after_ms }
-            | Self::SlowConsumer { retry_after_ms } => retry_after_ms,
+            | Self::SlowConsumer { retry_after_ms }
+            | Self::TooManyRequests { retry_after_ms }
+            | Self::ConnectionLimit { retry_after_ms } => retry_after_ms,
             _ => 0,
         }
     }
@@ -215,6 +256,12 @@ mod tests {
             assert!((RETRY_AFTER_FAILURE_MS..RETRY_SPREAD_MS).contains(&u));
             let d = CloseReason::drained(Duration::from_millis(300)).retry_after_ms();
             assert!(d < 300);
+            let t = CloseReason::too_many_requests(700).retry_after_ms();
+            assert!((700 + RETRY_AFTER_FAILURE_MS..700 + RETRY_SPREAD_MS).contains(&t));
+            let l = CloseReason::connection_limit().retry_after_ms();
+            assert!(
+                (RETRY_AFTER_LIMIT_MS..RETRY_AFTER_LIMIT_MS + RETRY_LIMIT_SPREAD_MS).contains(&l)
+            );
         }
         assert_eq!(CloseReason::drained(Duration::ZERO).retry_after_ms(), 0);
     }

@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 
-use super::server_frame::error_frame;
+use super::server_frame::error_frame_retry;
 
 /// The `code` of an `error` frame (and of API errors that share it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +27,10 @@ pub enum ErrorCode {
     MessageTooBig,
     TooManyErrors,
     InvalidPosition,
+    /// A frame (or API request) over its rate limit; it was not acted on.
+    RateLimited,
+    /// The user holds as many connections as the node allows.
+    ConnectionLimit,
 }
 
 impl ErrorCode {
@@ -51,6 +55,8 @@ impl ErrorCode {
             Self::MessageTooBig => "message_too_big",
             Self::TooManyErrors => "too_many_errors",
             Self::InvalidPosition => "invalid_position",
+            Self::RateLimited => "rate_limited",
+            Self::ConnectionLimit => "connection_limit",
         }
     }
 }
@@ -61,6 +67,8 @@ pub struct FrameError {
     pub id: Option<i64>,
     pub code: ErrorCode,
     pub message: Cow<'static, str>,
+    /// When the frame would be accepted again (`rate_limited`).
+    pub retry_after_ms: Option<u64>,
 }
 
 impl FrameError {
@@ -69,10 +77,17 @@ impl FrameError {
             id,
             code,
             message: message.into(),
+            retry_after_ms: None,
         }
     }
 
+    /// The same error, telling the client when to try again.
+    pub fn retry_after_ms(mut self, ms: u64) -> Self {
+        self.retry_after_ms = Some(ms);
+        self
+    }
+
     pub fn frame(&self) -> String {
-        error_frame(self.id, self.code, &self.message)
+        error_frame_retry(self.id, self.code, &self.message, self.retry_after_ms)
     }
 }

@@ -28,9 +28,9 @@ pub use client_frame::{
     ClientFrame, format_since_compact, parse_client_frame, parse_since_compact, parse_since_map,
 };
 pub use close::{
-    CLOSE_IDLE, CLOSE_KICKED, CLOSE_PROTOCOL_VIOLATION, CLOSE_SHUTDOWN, CLOSE_SLOW,
-    CLOSE_TOKEN_EXPIRED, CLOSE_TOO_BIG, CLOSE_UNAUTHORIZED, CLOSE_UNAVAILABLE, CLOSE_WRITE_ERROR,
-    CloseReason,
+    CLOSE_CONNECTION_LIMIT, CLOSE_IDLE, CLOSE_KICKED, CLOSE_PROTOCOL_VIOLATION, CLOSE_SHUTDOWN,
+    CLOSE_SLOW, CLOSE_TOKEN_EXPIRED, CLOSE_TOO_BIG, CLOSE_TOO_MANY_REQUESTS, CLOSE_UNAUTHORIZED,
+    CLOSE_UNAVAILABLE, CLOSE_WRITE_ERROR, CloseReason, RETRY_AFTER_LIMIT_MS,
 };
 pub use error::{ErrorCode, FrameError};
 pub use message::{Publication, message_frame, null_value};

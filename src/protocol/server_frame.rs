@@ -89,6 +89,17 @@ pub fn refreshed_frame(id: Option<i64>, exp: u64) -> String {
 }
 
 pub fn error_frame(id: Option<i64>, code: ErrorCode, message: &str) -> String {
+    error_frame_retry(id, code, message, None)
+}
+
+/// An `error` frame with, for a refusal that passes with time
+/// (`rate_limited`), when to try again.
+pub fn error_frame_retry(
+    id: Option<i64>,
+    code: ErrorCode,
+    message: &str,
+    retry_after_ms: Option<u64>,
+) -> String {
     #[derive(Serialize)]
     struct Error<'a> {
         #[serde(rename = "type")]
@@ -97,12 +108,15 @@ pub fn error_frame(id: Option<i64>, code: ErrorCode, message: &str) -> String {
         id: Option<i64>,
         code: &'static str,
         message: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     }
     encode(&Error {
         kind: "error",
         id,
         code: code.as_str(),
         message,
+        retry_after_ms,
     })
 }
 

@@ -189,6 +189,12 @@ async fn open(
                 HttpError::new(status, e.code.as_str(), e.message),
             )
         }
+        ConnectError::Limited(e) => (
+            Rejected::UserLimit,
+            HttpError::new(StatusCode::TOO_MANY_REQUESTS, e.code.as_str(), e.message).retry_after(
+                std::time::Duration::from_millis(crate::protocol::RETRY_AFTER_LIMIT_MS),
+            ),
+        ),
         ConnectError::Unavailable(e) => {
             tracing::warn!(error = %e, "cannot register connection");
             (Rejected::BrokerUnavailable, HttpError::from(e))

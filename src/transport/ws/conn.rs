@@ -138,6 +138,17 @@ async fn setup(
             .await;
             return None;
         }
+        Err(ConnectError::Limited(e)) => {
+            metrics::connection_rejected(Rejected::UserLimit);
+            let _ = timeout(state.cfg.write_timeout, socket.send(text(e.frame()))).await;
+            finish(
+                &mut socket,
+                CloseReason::connection_limit(),
+                state.cfg.write_timeout,
+            )
+            .await;
+            return None;
+        }
         Err(ConnectError::Unavailable(e)) => {
             tracing::warn!(error = %e, "cannot register connection");
             metrics::connection_rejected(Rejected::BrokerUnavailable);
@@ -444,6 +455,13 @@ impl Conn {
     async fn on_message(&mut self, msg: Option<Result<Message, axum::Error>>) -> Step {
         self.last_recv = Instant::now();
         let max_frame = self.cfg.max_frame as usize;
+        // Every frame counts against the connection's frame rate, read or
+        // not (pings too), before any work is done for it.
+        if matches!(&msg, Some(Ok(m)) if !matches!(m, Message::Close(_)))
+            && let Outcome::Close(reason) = self.client.admit_frame()
+        {
+            return Step::Close(reason);
+        }
         let text = match msg {
             None => return Step::Gone,
             Some(Ok(Message::Close(_))) => {
