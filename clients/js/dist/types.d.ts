@@ -65,6 +65,8 @@ export interface ErrorFrame {
     id?: number;
     code: string;
     message: string;
+    /** `rate_limited`: when the same frame would be accepted (protocol.md §5). */
+    retry_after_ms?: number;
 }
 export interface ByeFrame {
     type: "bye";
