@@ -94,7 +94,10 @@ async fn presence_and_stats_are_cluster_wide() {
     v.join("g").await;
     let (s, user) = c.api(Method::GET, "/api/users/u", None).await;
     assert_eq!(s, 200);
-    assert_eq!(user, json!({"uid": "u", "online": true, "connections": 2}));
+    assert_eq!(
+        user,
+        json!({"uid": "u", "online": true, "connections": 2, "complete": true, "unanswered_nodes": 0})
+    );
     let (_, nobody) = c.api(Method::GET, "/api/users/nobody", None).await;
     assert_eq!(nobody["online"], false);
     let stats = a.stats().await;

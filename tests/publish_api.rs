@@ -125,14 +125,17 @@ async fn presence_and_stats() {
     assert_eq!(s, 200);
     assert_eq!(
         body,
-        json!({"uid": "42", "online": false, "connections": 0})
+        json!({"uid": "42", "online": false, "connections": 0, "complete": true, "unanswered_nodes": 0})
     );
     let mut c1 = server.client("42").await;
     let _c2 = server.client("42").await;
     let _c3 = server.client("7").await;
     c1.join("g").await;
     let (_, body) = server.api(Method::GET, "/api/users/42", None).await;
-    assert_eq!(body, json!({"uid": "42", "online": true, "connections": 2}));
+    assert_eq!(
+        body,
+        json!({"uid": "42", "online": true, "connections": 2, "complete": true, "unanswered_nodes": 0})
+    );
     let stats = server.stats().await;
     assert_eq!(
         (

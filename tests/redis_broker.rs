@@ -92,7 +92,10 @@ async fn three_nodes_deliver_once_and_only_where_needed() {
 
     // Presence and stats are cluster-wide, asked of any node.
     let (_, user) = b.api(Method::GET, "/api/users/u1", None).await;
-    assert_eq!(user, json!({"uid": "u1", "online": true, "connections": 2}));
+    assert_eq!(
+        user,
+        json!({"uid": "u1", "online": true, "connections": 2, "complete": true, "unanswered_nodes": 0})
+    );
     let (_, stats) = b.api(Method::GET, "/api/stats", None).await;
     assert_eq!(
         (stats["nodes"].as_u64(), stats["connections"].as_u64()),

@@ -37,11 +37,16 @@ pub(super) async fn get_user(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, HttpError> {
     let uid = uid_of(path)?;
-    let connections = state.node.user_connections(&uid).await?;
+    let p = state.node.presence(&uid).await?;
+    // A node that holds the user's channel but did not answer in time may
+    // hold connections: `online` says so (as `offline_users` does), and
+    // `complete`/`unanswered_nodes` say the count is short.
     Ok(Json(json!({
         "uid": uid,
-        "online": connections > 0,
-        "connections": connections,
+        "online": p.online(),
+        "connections": p.connections,
+        "complete": p.unanswered == 0,
+        "unanswered_nodes": p.unanswered,
     })))
 }
 
@@ -91,6 +96,8 @@ pub(super) async fn stats(State(state): State<AppState>) -> Result<Json<Value>, 
     let c = state.node.cluster_counts().await?;
     Ok(Json(json!({
         "nodes": c.nodes,
+        "complete": c.complete(),
+        "unanswered_nodes": c.unanswered,
         "connections": c.counts.connections,
         "users": c.counts.users,
         "groups": c.counts.groups,

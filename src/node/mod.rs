@@ -50,7 +50,10 @@ use self::{
     subscriptions::{DISSOLVE_QUEUE, Subscribed},
 };
 pub use self::{
-    drain::DRAIN_MIN_RATE, query::ClusterCounts, resume::Resumed, subscriptions::SUB_LOCKS,
+    drain::DRAIN_MIN_RATE,
+    query::{ClusterCounts, Presence},
+    resume::Resumed,
+    subscriptions::SUB_LOCKS,
 };
 use crate::{
     broker::{AnyBroker, Broker, BrokerError, Command, Envelope, Health, IdempotencyKey},
