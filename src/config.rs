@@ -57,6 +57,7 @@ pub const ENV_REDIS_TIMEOUT: &str = "FANOUT_REDIS_TIMEOUT";
 pub const ENV_REDIS_PROBE_INTERVAL: &str = "FANOUT_REDIS_PROBE_INTERVAL";
 pub const ENV_UNSUBSCRIBE_LINGER: &str = "FANOUT_UNSUBSCRIBE_LINGER";
 pub const ENV_QUERY_TIMEOUT: &str = "FANOUT_QUERY_TIMEOUT";
+pub const ENV_NODE_FENCE_AFTER: &str = "FANOUT_NODE_FENCE_AFTER";
 pub const ENV_HISTORY: &str = "FANOUT_HISTORY";
 pub const ENV_HISTORY_USER_SIZE: &str = "FANOUT_HISTORY_USER_SIZE";
 pub const ENV_HISTORY_USER_TTL: &str = "FANOUT_HISTORY_USER_TTL";
@@ -196,6 +197,12 @@ pub struct Config {
     /// How long presence and stats queries wait for other nodes' answers.
     #[arg(long, env = ENV_QUERY_TIMEOUT, default_value = "1s", value_parser = parse_duration)]
     pub query_timeout: Duration,
+
+    /// A node that has not refreshed its heartbeat key in Redis for this long is fenced:
+    /// another node closes its Redis connections (`CLIENT KILL`), so its users read
+    /// offline and its subscriptions stop counting (Redis broker only; 0: off).
+    #[arg(long, env = ENV_NODE_FENCE_AFTER, default_value = "10s", value_parser = parse_duration)]
+    pub node_fence_after: Duration,
 
     /// Keep channel history so that reconnecting clients resume where they were
     /// (`false`: none is kept; messages still carry offsets, and only a client that
@@ -600,6 +607,10 @@ impl Config {
         need(
             (1..=MAX_HISTORY_SIZE).contains(&self.max_recovery),
             format!("{ENV_MAX_RECOVERY} must be between 1 and {MAX_HISTORY_SIZE}"),
+        );
+        need(
+            self.node_fence_after.is_zero() || self.node_fence_after >= Duration::from_secs(1),
+            format!("{ENV_NODE_FENCE_AFTER} must be 0s (off) or at least 1s"),
         );
         need(
             (1..=64).contains(&self.redis_pubsub_connections),

@@ -46,6 +46,10 @@ pub const BROKER_ERRORS: &str = "fanout_broker_errors_total";
 pub const BROKER_RECONNECTS: &str = "fanout_broker_reconnects_total";
 pub const BROKER_RESUBSCRIBE_DURATION: &str = "fanout_broker_resubscribe_duration_seconds";
 pub const BROKER_PROBE_FAILURES: &str = "fanout_broker_probe_failures_total";
+pub const FENCE_NODES_FENCED: &str = "fanout_fence_nodes_fenced_total";
+pub const FENCE_CONNECTIONS_KILLED: &str = "fanout_fence_connections_killed_total";
+pub const FENCE_SELF_FENCED: &str = "fanout_fence_self_fenced_total";
+pub const FENCE_HEARTBEAT_FAILURES: &str = "fanout_fence_heartbeat_failures_total";
 pub const RECOVERIES: &str = "fanout_recoveries_total";
 pub const RECOVERED_MESSAGES: &str = "fanout_recovered_messages_total";
 pub const HISTORY_GAP_MESSAGES: &str = "fanout_history_gap_messages_total";
@@ -361,6 +365,22 @@ fn describe_all() {
         "Pub/sub probes that did not come back through their connection in time."
     );
     describe_counter!(
+        FENCE_NODES_FENCED,
+        "Other nodes this node fenced: their heartbeat expired and it closed their Redis connections."
+    );
+    describe_counter!(
+        FENCE_CONNECTIONS_KILLED,
+        "Redis connections of fenced nodes closed by this node (CLIENT KILL)."
+    );
+    describe_counter!(
+        FENCE_SELF_FENCED,
+        "Times this node found it had been fenced and sent its clients to reconnect."
+    );
+    describe_counter!(
+        FENCE_HEARTBEAT_FAILURES,
+        "Heartbeats of this node that Redis did not answer within the heartbeat interval."
+    );
+    describe_counter!(
         RECOVERIES,
         "Channels resumed from a client's position, by result (recovered: every missed message replayed; not_recovered: the client must reload)."
     );
@@ -462,6 +482,14 @@ fn register_zeroes() {
     }
     counter!(BROKER_RECONNECTS).absolute(0);
     counter!(BROKER_PROBE_FAILURES).absolute(0);
+    for name in [
+        FENCE_NODES_FENCED,
+        FENCE_CONNECTIONS_KILLED,
+        FENCE_SELF_FENCED,
+        FENCE_HEARTBEAT_FAILURES,
+    ] {
+        counter!(name).absolute(0);
+    }
     for result in ["recovered", "not_recovered"] {
         counter!(RECOVERIES, "result" => result).absolute(0);
     }
@@ -594,6 +622,24 @@ pub fn broker_resubscribed(took: Duration) {
 
 pub fn broker_probe_failed() {
     counter!(BROKER_PROBE_FAILURES).increment(1);
+}
+
+// === fencing ===
+
+/// This node fenced another, closing `connections` of its connections.
+pub fn fence_node_fenced(connections: u64) {
+    counter!(FENCE_NODES_FENCED).increment(1);
+    counter!(FENCE_CONNECTIONS_KILLED).increment(connections);
+}
+
+/// This node found it had been fenced.
+pub fn fence_self_fenced() {
+    counter!(FENCE_SELF_FENCED).increment(1);
+}
+
+/// A heartbeat failed or was not answered in time.
+pub fn fence_heartbeat_failed() {
+    counter!(FENCE_HEARTBEAT_FAILURES).increment(1);
 }
 
 // === history ===

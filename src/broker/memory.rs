@@ -219,9 +219,7 @@ mod tests {
     fn event(inbound: Inbound) -> BrokerEvent {
         match inbound {
             Inbound::Event(e) => e,
-            other @ (Inbound::Resubscribing(_) | Inbound::Resubscribed(_)) => {
-                panic!("{other:?}")
-            }
+            other => panic!("{other:?}"),
         }
     }
 

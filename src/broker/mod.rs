@@ -89,6 +89,11 @@ pub enum Inbound {
     /// These channels were subscribed again: whatever was published on
     /// them while they were not is to be caught up from history.
     Resubscribed(Vec<Channel>),
+    /// This node was fenced while it could not refresh its heartbeat (the
+    /// other nodes took it for hung and closed its Redis connections):
+    /// meanwhile its users read offline, so its clients are to be sent to
+    /// reconnect and resume, paced over `drain`.
+    Fenced { drain: std::time::Duration },
 }
 
 /// The outcome of publishing on one channel.

@@ -103,6 +103,7 @@ impl Node {
                     }
                     Some(Inbound::Resubscribing(channels)) => self.hold(&channels),
                     Some(Inbound::Resubscribed(channels)) => self.catch_up(&channels, &healed_tx),
+                    Some(Inbound::Fenced { drain }) => self.send_away(drain),
                     None => break,
                 },
                 Some(healed) = healed_rx.recv() => self.on_healed(healed, &healed_tx),
@@ -165,6 +166,17 @@ impl Node {
         t.floor = None;
         drop(tracked);
         self.deliver(&event.channel, event.envelope, Some(position));
+    }
+
+    /// This node was fenced while it hung: the cluster took its users for
+    /// offline and its connections were closed. Its clients are sent to
+    /// reconnect (with the drain's `bye` and hint, paced over `window`) and
+    /// resume from their positions, on whichever node takes them. Until
+    /// their turn they keep receiving: the resubscribe that follows the
+    /// closed connections catches every channel up from history, in order.
+    fn send_away(&self, window: Duration) {
+        let node = self.clone();
+        tokio::spawn(async move { node.drain(window, 0).await });
     }
 
     /// Reads what followed `since` on `channel`; the answer comes back to

@@ -14,8 +14,11 @@
 //! - `batcher`: SUBSCRIBE/UNSUBSCRIBE requests gathered into few commands.
 //! - `health`: connection state for readiness, the pub/sub probe, the
 //!   cluster slot-map check.
+//! - `fence`: the node's heartbeat, and fencing nodes whose heartbeat
+//!   expired (their Redis connections closed with `CLIENT KILL`).
 
 mod batcher;
+mod fence;
 mod health;
 pub mod history;
 pub mod options;
@@ -45,6 +48,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 pub use self::{batcher::BATCH_MAX_WAIT, health::READY_DEBOUNCE, options::RedisOptions};
 use self::{
     batcher::{Op, OpKind},
+    fence::Fence,
     shards::Shard,
 };
 use super::{
@@ -96,6 +100,9 @@ struct Inner {
     /// resubscribes done (by the resubscribers).
     events: mpsc::Sender<Inbound>,
     history: HistoryOptions,
+    /// The heartbeat and fencing of hung nodes; `None` when
+    /// `--node-fence-after` is 0.
+    fence: Option<Fence>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -148,6 +155,10 @@ impl RedisBroker {
                 // Never resend a PUBLISH that may have gone out: a 503 the
                 // caller can retry beats a duplicate every client sees.
                 c.max_command_attempts = 1;
+                // CLIENT SETNAME on every connection and reconnection (with
+                // the client's id): how a fencer finds a hung node's
+                // connections in CLIENT LIST.
+                c.auto_client_setname = !opts.fence_after.is_zero();
             })
             // Without a policy fred never reconnects.
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2));
@@ -168,6 +179,27 @@ impl RedisBroker {
                 probe_seen: AtomicU64::new(0),
             });
         }
+        let fence = if opts.fence_after.is_zero() {
+            None
+        } else {
+            // A connection of its own: heartbeats must not wait behind a
+            // backlog of publishes.
+            let client = builder.build().map_err(|e| unavailable(&e))?;
+            client.init().await.map_err(|e| unavailable(&e))?;
+            let names: Vec<String> = [publisher.id(), client.id()]
+                .into_iter()
+                .chain(shards.iter().map(|s| s.client.id()))
+                .map(str::to_owned)
+                .collect();
+            Some(Fence::new(
+                &opts.prefix,
+                &opts.node_id,
+                opts.fence_after,
+                opts.fenced_drain,
+                client,
+                &names,
+            ))
+        };
         let hasher = RandomState::new();
         let slot_map_at_start = if clustered {
             health::slot_map_hash(&publisher, &hasher).await
@@ -190,6 +222,7 @@ impl RedisBroker {
                 stop: CancellationToken::new(),
                 events,
                 history: opts.history,
+                fence,
             }),
         };
         broker.load_library().await?;
@@ -206,6 +239,8 @@ impl RedisBroker {
         tracker.spawn(broker.clone().prober(opts.probe_interval));
         tracker.spawn(broker.clone().watch_connection());
         tracker.spawn(broker.clone().library_keeper());
+        tracker.spawn(broker.clone().heartbeat());
+        tracker.spawn(broker.clone().fencer());
         Ok(broker)
     }
 
@@ -339,6 +374,9 @@ impl Broker for RedisBroker {
             return;
         }
         self.inner.stop.cancel();
+        if let Some(fence) = &self.inner.fence {
+            fence.leave().await;
+        }
         for shard in &self.inner.shards {
             let _ = shard.client.quit().await;
         }

@@ -33,6 +33,12 @@ pub struct RedisOptions {
     pub command_timeout: Duration,
     pub probe_interval: Duration,
     pub history: HistoryOptions,
+    /// How long a node's heartbeat key lives without a refresh before the
+    /// other nodes fence it (`Duration::ZERO`: no heartbeat, no fencing).
+    pub fence_after: Duration,
+    /// Over how long a node that finds it was fenced sends its clients
+    /// away (the drain window).
+    pub fenced_drain: Duration,
 }
 
 impl RedisOptions {
@@ -47,6 +53,8 @@ impl RedisOptions {
             command_timeout: cfg.redis_timeout,
             probe_interval: cfg.redis_probe_interval,
             history: HistoryOptions::from_config(cfg),
+            fence_after: cfg.node_fence_after,
+            fenced_drain: cfg.drain_window,
         }))
     }
 }
