@@ -212,8 +212,8 @@ async fn busy_healthy_nodes_are_not_fenced() {
     }
     let redis = RedisServer::start();
     let url = redis.url();
-    let a = Arc::new(node("a", &url, "1s"));
-    let b = Arc::new(node("b", &url, "1s"));
+    let a = Arc::new(node("a", &url, "2s"));
+    let b = Arc::new(node("b", &url, "2s"));
     let users = ["busy-a", "busy-b"];
     let mut readers = Vec::new();
     for (via, uid) in [(&a, users[0]), (&b, users[1])] {
@@ -250,7 +250,7 @@ async fn busy_healthy_nodes_are_not_fenced() {
     }
     // Several fence times of publishing: the test's length, not a bound
     // on anything measured.
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
     stop.store(true, Ordering::Relaxed);
     let mut published = HashSet::new();
     for p in publishers {
