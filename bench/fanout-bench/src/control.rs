@@ -71,6 +71,12 @@ pub(crate) struct ResumePlan {
     /// Longest a client waits before reconnecting, whatever
     /// `retry_after_ms` says.
     pub(crate) retry_cap_ms: u64,
+    /// The `soak` scenario's trickle: each client closes its connection
+    /// itself about every `cycle_ms` (its first close at a random point of
+    /// that interval, so the closes are spread evenly) and reconnects,
+    /// resuming. 0: only the server ends connections.
+    #[serde(default)]
+    pub(crate) cycle_ms: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -81,6 +87,9 @@ pub(crate) enum Command {
     Resume(ResumePlan),
     /// The phase report plus what the resuming clients saw.
     ResumeReport,
+    /// The resuming clients' running counters, without the per-message
+    /// report (cheap enough to ask for every few seconds).
+    Tally,
     /// Start counting deliveries of sequence numbers `base .. base + len`.
     Phase {
         base: u64,
@@ -104,7 +113,38 @@ pub(crate) enum Event {
     Progress { received: u64 },
     Report(PhaseReport),
     Resume(Box<ResumeReport>),
+    Tally(Tally),
     Closed,
+}
+
+/// What one worker's resuming clients did so far in the current phase
+/// (`connected` and `given_up`: now, whatever the phase).
+#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize)]
+pub(crate) struct Tally {
+    /// Deliveries of the phase's messages, after de-duplication by id.
+    pub(crate) received: u64,
+    pub(crate) connected: u64,
+    pub(crate) reconnects: u64,
+    pub(crate) resumes: u64,
+    pub(crate) raw_duplicates: u64,
+    pub(crate) gaps: u64,
+    pub(crate) unrecovered: u64,
+    pub(crate) failed_attempts: u64,
+    pub(crate) given_up: u64,
+}
+
+impl Tally {
+    pub(crate) fn add(&mut self, o: &Self) {
+        self.received += o.received;
+        self.connected += o.connected;
+        self.reconnects += o.reconnects;
+        self.resumes += o.resumes;
+        self.raw_duplicates += o.raw_duplicates;
+        self.gaps += o.gaps;
+        self.unrecovered += o.unrecovered;
+        self.failed_attempts += o.failed_attempts;
+        self.given_up += o.given_up;
+    }
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]

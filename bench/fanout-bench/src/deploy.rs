@@ -177,6 +177,11 @@ impl Node {
         )
     }
 
+    /// A fanout node's internal address (`/metrics`, `/readyz`).
+    pub(crate) fn internal(&self) -> Option<SocketAddr> {
+        self.launch.as_ref().map(|l| l.internal)
+    }
+
     /// Starts a fanout node again with the same options and ports, and
     /// waits until it is ready.
     pub(crate) async fn start_again(&mut self) -> anyhow::Result<()> {

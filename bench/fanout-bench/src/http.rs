@@ -1,5 +1,5 @@
 //! HTTP/1.1 on hyper's client: keep-alive connections for the publishers,
-//! and a one-off GET for readiness probes.
+//! and one-off GETs for readiness probes and metrics scrapes.
 //!
 //! A connection is a `hyper::client::conn::http1` handshake: the
 //! `SendRequest` handle and its `Connection` future, kept together in a
@@ -153,6 +153,21 @@ pub(crate) async fn get_status(addr: SocketAddr, path: &str, timeout: Duration) 
             .map(|(status, _)| status.as_u16())
     };
     tokio::time::timeout(timeout, probe).await.ok().flatten()
+}
+
+/// `GET <path>` on a fresh connection: the body of a 200 answer, or
+/// `None` on any other answer, any error or after `timeout`.
+pub(crate) async fn get_body(addr: SocketAddr, path: &str, timeout: Duration) -> Option<Bytes> {
+    let get = async {
+        let mut conn = Conn::<Empty<Bytes>>::open(addr).await.ok()?;
+        let req = Request::get(path)
+            .header(HOST, addr.to_string())
+            .body(Empty::new())
+            .ok()?;
+        let (status, body) = conn.request(req).await.ok()?;
+        (status == StatusCode::OK).then_some(body)
+    };
+    tokio::time::timeout(timeout, get).await.ok().flatten()
 }
 
 #[cfg(test)]

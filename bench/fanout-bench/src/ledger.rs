@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::{
-    control::{PhaseReport, ResumeReport},
+    control::{PhaseReport, ResumeReport, Tally},
     recorder::{Recorder, hist_to_pairs, latency_hist, unix_us},
 };
 
@@ -141,6 +141,22 @@ impl Ledger {
         let mut h = self.hist[(client % SHARDS as u64) as usize].lock();
         let h = if replayed { &mut h.0 } else { &mut h.1 };
         let _ = h.record(us);
+    }
+
+    /// The running counters, with the recorder's deliveries so far.
+    pub(crate) fn tally(&self, received: u64) -> Tally {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Tally {
+            received,
+            connected: load(&self.connected),
+            reconnects: load(&self.reconnects),
+            resumes: load(&self.resumes),
+            raw_duplicates: load(&self.raw_duplicates),
+            gaps: load(&self.gaps),
+            unrecovered: load(&self.unrecovered_total),
+            failed_attempts: load(&self.failed_attempts),
+            given_up: load(&self.given_up),
+        }
     }
 
     pub(crate) fn report(&self, phase: PhaseReport) -> ResumeReport {

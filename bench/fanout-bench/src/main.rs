@@ -19,6 +19,8 @@
 //!   resuming WebSocket and SSE clients, and what they keep and count.
 //! - `deploy`, `suite`: the default suite and the Socket.IO comparison,
 //!   which start their own Redis and nodes.
+//! - `soak`, `trend`: the long run on its own two nodes (resuming clients
+//!   reconnecting at a trickle) and its verdict on what keeps growing.
 //! - `procstat`, `report`: /proc readings; tables and JSON.
 
 #![cfg_attr(
@@ -39,7 +41,9 @@ mod report;
 mod resume;
 mod rolling;
 mod scenario;
+mod soak;
 mod suite;
+mod trend;
 mod worker;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
@@ -186,6 +190,10 @@ enum Cmd {
     Suite(suite::SuiteArgs),
     /// fanout and Socket.IO side by side on one Redis (`make bench-compare`).
     Compare(suite::SuiteArgs),
+    /// A long run on two nodes it starts itself: steady publishing,
+    /// clients reconnecting at a trickle; fails if a node's memory, open
+    /// files, queued bytes or tasks keep growing, or a message is lost.
+    Soak(soak::SoakArgs),
     /// Internal: a worker process holding client connections.
     #[command(hide = true)]
     Worker,
@@ -397,6 +405,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
         }
         Cmd::Suite(args) => return suite::suite(&args).await,
         Cmd::Compare(args) => return suite::compare(&args).await,
+        Cmd::Soak(args) => return soak::soak(&args).await,
         Cmd::Idle {
             deployment,
             connections,

@@ -10,7 +10,7 @@ use tokio::{
 };
 
 use crate::control::{
-    Command, ConnectOutcome, ConnectPlan, Event, PhaseReport, ResumePlan, ResumeReport,
+    Command, ConnectOutcome, ConnectPlan, Event, PhaseReport, ResumePlan, ResumeReport, Tally,
 };
 
 #[derive(Debug)]
@@ -125,6 +125,18 @@ impl Pool {
                 _ => None,
             })
             .collect())
+    }
+
+    /// The resuming clients' running counters, summed over the workers.
+    pub(crate) async fn tally(&mut self) -> anyhow::Result<Tally> {
+        let events = self.call_same(|| Command::Tally).await?;
+        let mut total = Tally::default();
+        for e in &events {
+            if let Event::Tally(t) = e {
+                total.add(t);
+            }
+        }
+        Ok(total)
     }
 
     pub(crate) async fn storm(&mut self, down_ms: u64) -> anyhow::Result<ConnectOutcome> {

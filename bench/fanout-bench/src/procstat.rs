@@ -21,6 +21,30 @@ pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64)
 }
 
+/// Open file descriptors (entries of `/proc/<pid>/fd`).
+pub(crate) fn fd_count(pid: u32) -> Option<u64> {
+    process(pid)?.fd_count().ok().map(|n| n as u64)
+}
+
+/// Bytes waiting in the kernel's send queues (`tx_queue` of
+/// `/proc/net/tcp`) of the established TCP sockets on each of `ports`
+/// (local port): what a node wrote to its clients that they have not
+/// acknowledged yet. One read of the table for all ports; `None` if it
+/// cannot be read.
+pub(crate) fn send_queues(ports: &[u16]) -> Option<Vec<u64>> {
+    let table = procfs::net::tcp().ok()?;
+    let mut out = vec![0u64; ports.len()];
+    for e in table
+        .iter()
+        .filter(|e| e.state == procfs::net::TcpState::Established)
+    {
+        if let Some(i) = ports.iter().position(|&p| p == e.local_address.port()) {
+            out[i] += u64::from(e.tx_queue);
+        }
+    }
+    Some(out)
+}
+
 /// CPU seconds of a set of processes, summed (missing processes count 0).
 pub(crate) fn total_cpu(pids: &[u32]) -> f64 {
     pids.iter().filter_map(|&p| cpu_seconds(p)).sum()
@@ -72,5 +96,11 @@ mod tests {
         // Beyond pid_max (2^22): no such process, no reading.
         assert_eq!(rss_bytes(1 << 23), None);
         assert_eq!(cpu_seconds(u32::MAX), None);
+        assert!(fd_count(me).is_some_and(|n| n >= 3));
+        assert_eq!(fd_count(1 << 23), None);
+        // A listener has no established socket: nothing queued on its port.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert_eq!(send_queues(&[port]), Some(vec![0]));
     }
 }

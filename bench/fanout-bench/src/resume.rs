@@ -4,7 +4,9 @@
 //! (`Last-Event-ID`, as a browser's `EventSource` resumes). When its node
 //! closes it, it waits what `bye.retry_after_ms` asks (at most the plan's
 //! cap) and connects to the next node, then the next, until one takes it,
-//! resuming from the positions it kept (see [`Tracker`]).
+//! resuming from the positions it kept (see [`Tracker`]). With a cycle
+//! (the `soak` scenario) it also closes its connection itself every so
+//! often, with a close handshake, and reconnects the same way.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -69,6 +71,9 @@ pub(crate) struct ResumeSpec {
     group: Option<String>,
     timeout: Duration,
     retry_cap: Duration,
+    /// About how long each connection lives before the client closes it
+    /// itself (`None`: until the server ends it).
+    cycle: Option<Duration>,
 }
 
 impl ResumeSpec {
@@ -104,6 +109,7 @@ impl ResumeSpec {
             group: group(index, plan.group_size),
             timeout: Duration::from_millis(plan.connect_timeout_ms),
             retry_cap: Duration::from_millis(plan.retry_cap_ms),
+            cycle: (plan.cycle_ms > 0).then(|| Duration::from_millis(plan.cycle_ms)),
         })
     }
 }
@@ -137,17 +143,26 @@ pub(crate) async fn run(spec: ResumeSpec, sinks: Sinks, gate: Arc<Semaphore>) {
         }
     };
     shared.outcome(Ok(()));
+    // The first self-close falls anywhere in the first cycle, so that the
+    // clients' closes are spread evenly over time from the start.
+    let mut life = spec
+        .cycle
+        .map(|c| c.mul_f64(rand::rng().random_range(0.0..1.0)));
     loop {
         ledger.connected.fetch_add(1, Ordering::Relaxed);
         let end = conn
-            .read(&mut tracker, &ledger, recorder, &mut signal)
+            .read(&mut tracker, &ledger, recorder, &mut signal, life)
             .await;
+        life = spec
+            .cycle
+            .map(|c| c.mul_f64(rand::rng().random_range(0.9..1.1)));
         ledger.connected.fetch_sub(1, Ordering::Relaxed);
         // Closed now, not after the wait: the node waits for its clients'
         // sockets to close before it exits.
         drop(conn);
         let wait = match end {
             End::Stop => return,
+            End::Cycle => backoff(0, spec.retry_cap),
             End::Closed {
                 retry_after_ms: Some(ms),
             } => Duration::from_millis(ms).min(spec.retry_cap),
@@ -241,6 +256,8 @@ enum End {
     Closed { retry_after_ms: Option<u64> },
     /// It broke without a `bye`.
     Lost(String),
+    /// The client closed it itself (its cycle ran out).
+    Cycle,
 }
 
 /// An open connection of either transport.
@@ -496,23 +513,32 @@ impl Conn {
         }
     }
 
-    /// Reads and records until the server ends the connection or the run
-    /// closes (then a WebSocket is closed with a handshake).
+    /// Reads and records until the server ends the connection, the run
+    /// closes or `life` runs out (then a WebSocket is closed with a
+    /// handshake).
     async fn read(
         &mut self,
         tracker: &mut Tracker,
         ledger: &Ledger,
         recorder: &Recorder,
         signal: &mut watch::Receiver<Signal>,
+        life: Option<Duration>,
     ) -> End {
         let mut retry_after_ms = None;
+        let mut cycled = false;
         // One wait for the signal for the whole connection, not one per frame.
         let stop = {
             let changed = signal.changed();
             tokio::pin!(changed);
+            let expiry = tokio::time::sleep(life.unwrap_or(Duration::MAX));
+            tokio::pin!(expiry);
             loop {
                 tokio::select! {
                     _ = &mut changed => break true,
+                    () = &mut expiry, if life.is_some() => {
+                        cycled = true;
+                        break true;
+                    }
                     next = self.next_frame(recorder) => match next {
                         Ok(Some((text, id))) => {
                             match tracker.on_frame(&text, ledger, recorder) {
@@ -534,7 +560,19 @@ impl Conn {
         }
         if let Self::Ws(ws) = self {
             let _ = timeout(Duration::from_secs(2), WebSocketStream::close(ws, None)).await;
+            if cycled {
+                // The rest of the handshake: frames sent before the
+                // server saw the close still count, then its close frame.
+                let drain = async {
+                    while let Some(Ok(msg)) = ws.next().await {
+                        if let Message::Text(t) = msg {
+                            tracker.on_frame(t.as_str(), ledger, recorder);
+                        }
+                    }
+                };
+                let _ = timeout(Duration::from_secs(2), drain).await;
+            }
         }
-        End::Stop
+        if cycled { End::Cycle } else { End::Stop }
     }
 }

@@ -163,6 +163,7 @@ pub(crate) async fn rolling(
         connect_timeout_ms: 10_000,
         sse_percent: o.sse_percent.min(100),
         retry_cap_ms: o.retry_cap.as_millis() as u64,
+        cycle_ms: 0,
     };
     let opened = pool.resume(&plan).await?;
     if opened.failed > 0 {
@@ -346,7 +347,7 @@ fn alive(pid: u32) -> bool {
 
 /// Waits until `expected` deliveries arrived, or none for `quiet`, or
 /// [`SETTLE_MAX`] passed.
-async fn settle(pool: &mut Pool, expected: u64, quiet: Duration) -> anyhow::Result<()> {
+pub(crate) async fn settle(pool: &mut Pool, expected: u64, quiet: Duration) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut last = (0, Instant::now());
     while started.elapsed() < SETTLE_MAX {
@@ -367,7 +368,7 @@ async fn settle(pool: &mut Pool, expected: u64, quiet: Duration) -> anyhow::Resu
 /// The resuming clients' side of the outcome: reconnects, resumes,
 /// `recovered: false`, duplicates before de-duplication, latency of
 /// replayed and live messages.
-fn summarize(out: &mut Outcome, reports: &[ResumeReport], k: u64) {
+pub(crate) fn summarize(out: &mut Outcome, reports: &[ResumeReport], k: u64) {
     let sum = |f: fn(&ResumeReport) -> u64| reports.iter().map(f).sum::<u64>();
     let (mut replay, mut live) = (latency_hist(), latency_hist());
     for r in reports {

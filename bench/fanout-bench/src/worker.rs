@@ -66,6 +66,7 @@ pub(crate) async fn run() -> anyhow::Result<()> {
                 let phase = shared.recorder.report(connected);
                 Event::Resume(Box::new(ledger.report(phase)))
             }
+            Command::Tally => Event::Tally(ledger.tally(shared.recorder.received())),
             Command::Phase { base, len } => {
                 shared.recorder.start_phase(base, len);
                 ledger.reset();
