@@ -147,6 +147,7 @@ pub async fn spawn(settings: Settings, shutdown: Shutdown) -> anyhow::Result<App
             unsubscribe_linger: linger,
             query_timeout: cfg.query_timeout,
             max_recovery: cfg.max_recovery,
+            max_json_depth: cfg.max_json_depth,
             limits: Limits::from_config(&cfg),
         },
         broker,

@@ -204,12 +204,14 @@ pub fn check_start(
 /// The first frame of a connection that came without a token: it must be
 /// `auth` with a valid token. Any refusal closes the connection with
 /// `unauthorized` after the `error` frame returned here. Returns the
-/// credentials and where the client says it was.
+/// credentials and where the client says it was. `max_depth` is
+/// `--max-json-depth`.
 pub fn authenticate(
     auth: &Authenticator,
     text: &str,
+    max_depth: usize,
 ) -> Result<(Credentials, Positions), FrameError> {
-    match parse_client_frame(text)? {
+    match parse_client_frame(text, max_depth)? {
         ClientFrame::Auth { token, since } => auth
             .verify(&token)
             .map(|creds| (creds, since))
@@ -451,7 +453,7 @@ impl Client {
 
     /// Handles one text frame: parses it, acts on it, queues the reply.
     pub async fn on_text(&mut self, text: &str) -> Outcome {
-        let result = match parse_client_frame(text) {
+        let result = match parse_client_frame(text, self.node.max_json_depth()) {
             Ok(frame) => self.on_frame(frame).await,
             Err(e) => Err(e),
         };

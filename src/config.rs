@@ -29,6 +29,7 @@ pub const ENV_IDLE_TIMEOUT: &str = "FANOUT_IDLE_TIMEOUT";
 pub const ENV_WRITE_TIMEOUT: &str = "FANOUT_WRITE_TIMEOUT";
 pub const ENV_OUTBOUND_QUEUE: &str = "FANOUT_OUTBOUND_QUEUE";
 pub const ENV_MAX_FRAME: &str = "FANOUT_MAX_FRAME";
+pub const ENV_MAX_JSON_DEPTH: &str = "FANOUT_MAX_JSON_DEPTH";
 pub const ENV_MAX_GROUPS: &str = "FANOUT_MAX_GROUPS";
 pub const ENV_MAX_USER_CONNECTIONS: &str = "FANOUT_MAX_USER_CONNECTIONS";
 pub const ENV_CLIENT_FRAME_RATE: &str = "FANOUT_CLIENT_FRAME_RATE";
@@ -74,6 +75,12 @@ pub const ENV_LOG_FORMAT: &str = "FANOUT_LOG_FORMAT";
 const KIB: u64 = 1024;
 /// Most messages a channel's history, or one resume, may hold.
 pub const MAX_HISTORY_SIZE: usize = 100_000;
+/// Bounds of `--max-json-depth`: fanout's own frames nest `data` plus one
+/// level in places (an `auth` frame's `since` is 3 deep as a whole), and
+/// `fanout_publish` decodes a backend's body (one level above `data`) with
+/// Redis's cjson, which stops at 1000 levels.
+const MIN_JSON_DEPTH: usize = 2;
+const MAX_JSON_DEPTH: usize = 999;
 const MIB: u64 = 1024 * KIB;
 
 #[derive(Debug, Parser)]
@@ -322,6 +329,12 @@ pub struct Config {
     #[arg(long, env = ENV_MAX_FRAME, default_value = "64KiB", value_parser = parse_bytes)]
     pub max_frame: u64,
 
+    /// How deeply a message's `data` may nest arrays and objects (`{"a":[1]}` is 2), on
+    /// every way in: client frames, the publish API, bodies from Redis. Deeper is refused
+    /// (`too_deep`): receivers' JSON parsers have limits (.NET's is 64 for the whole frame).
+    #[arg(long, env = ENV_MAX_JSON_DEPTH, default_value_t = 32)]
+    pub max_json_depth: usize,
+
     /// Most groups one connection may be in.
     #[arg(long, env = ENV_MAX_GROUPS, default_value_t = 256)]
     pub max_groups: usize,
@@ -535,6 +548,12 @@ impl Config {
             format!("{ENV_MAX_FRAME} must be between 256 bytes and 16MiB"),
         );
         need(
+            (MIN_JSON_DEPTH..=MAX_JSON_DEPTH).contains(&self.max_json_depth),
+            format!(
+                "{ENV_MAX_JSON_DEPTH} must be between {MIN_JSON_DEPTH} (fanout's own frames nest that deep) and {MAX_JSON_DEPTH} (a body one level deeper must fit the 1000 levels Redis's cjson reads)"
+            ),
+        );
+        need(
             (KIB..=16 * MIB).contains(&self.api_body_limit),
             format!("{ENV_API_BODY_LIMIT} must be between 1KiB and 16MiB"),
         );
@@ -671,6 +690,7 @@ mod tests {
         assert_eq!(d.outbound_queue, MIB);
         assert_eq!(d.ws_read_buffer, 512);
         assert_eq!(d.redis_pubsub_connections, 4);
+        assert_eq!(d.max_json_depth, 32);
         assert_eq!(d.jwt_algorithm, JwtAlgorithm::Hs256);
         assert!(d.jwt.secret.is_none() && d.api_keys.is_empty() && !d.dev);
     }

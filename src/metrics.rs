@@ -171,16 +171,19 @@ pub enum BrokerDrop {
     Misdirected,
     /// fred's receive buffer overflowed.
     Lagged,
+    /// Nested deeper than `--max-json-depth` allows.
+    TooDeep,
 }
 
 impl BrokerDrop {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::InvalidJson,
         Self::InvalidField,
         Self::UnknownCommand,
         Self::TooLarge,
         Self::Misdirected,
         Self::Lagged,
+        Self::TooDeep,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -191,6 +194,7 @@ impl BrokerDrop {
             Self::TooLarge => "too_large",
             Self::Misdirected => "misdirected",
             Self::Lagged => "lagged",
+            Self::TooDeep => "too_deep",
         }
     }
 }

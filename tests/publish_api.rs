@@ -377,6 +377,42 @@ async fn bad_requests_get_json_errors() {
     );
 }
 
+/// A publish whose `data` nests deeper than `--max-json-depth` is refused
+/// with 400 `too_deep` and reaches no one; one as deep as the limit is
+/// published.
+#[tokio::test]
+async fn too_deep_data_is_refused() {
+    let server = TestServer::start().await;
+    let limit = fanout::config::Config::default().max_json_depth;
+    let mut c = server.client("u").await;
+    let nested = |depth: usize| format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+    let post = |data: String| {
+        server
+            .http()
+            .post(server.url("/api/publish"))
+            .bearer_auth(support::API_KEY)
+            .header("Content-Type", "application/json")
+            .body(format!(r#"{{"to":{{"users":["u"]}},"data":{data}}}"#))
+            .send()
+    };
+    // 32,000 levels fill a 64 KiB body.
+    for depth in [32_000, limit + 1] {
+        let (s, body) = support::read(post(nested(depth)).await.unwrap()).await;
+        assert_eq!(
+            (s, body["error"]["code"].as_str()),
+            (400, Some("too_deep")),
+            "{body}"
+        );
+    }
+    let (s, body) = support::read(post(nested(limit)).await.unwrap()).await;
+    assert_eq!(s, 200, "{body}");
+    let m = c.recv_type("message").await;
+    assert_eq!(
+        m["id"], body["id"],
+        "nothing deeper was delivered first: {m}"
+    );
+}
+
 /// A request that announces a body over the limit is answered 413 at once,
 /// without waiting for a body that never comes.
 #[tokio::test]

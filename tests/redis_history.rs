@@ -278,6 +278,74 @@ async fn backends_publish_through_fcall_or_plain_publish() {
     );
 }
 
+/// Bodies nesting deeper than `--max-json-depth` are refused on Redis's
+/// side of the node too: a plain `PUBLISH` of one is dropped and counted
+/// (`too_deep`); `FCALL fanout_publish` answers an error and keeps and
+/// publishes nothing, whether the body is decoded (no `id`/`ts`), skips
+/// the decode (it starts with them), or goes past cjson's own 1000 levels.
+/// A valid message after them is delivered, at offset 1.
+#[tokio::test]
+async fn too_deep_bodies_from_redis_are_refused() {
+    if !support::redis::available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let a = node("a", &redis.url(), &["--max-json-depth", "8"]);
+    let mut c = a.client("deep").await;
+    let nested = |depth: usize| format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+    let dropped = || {
+        a.metric(
+            "fanout_broker_messages_dropped_total",
+            "reason=\"too_deep\"",
+        )
+    };
+    let before = dropped().await;
+    for depth in [9, 30_000] {
+        let body = format!(r#"{{"event":"e","data":{}}}"#, nested(depth));
+        redis.cli(&["PUBLISH", "fanout:user:deep", &body]);
+    }
+    assert_eventually!(dropped().await - before == 2.0);
+    let fcall = |body: String, extra: &[&str]| {
+        let mut args = vec![
+            "FCALL",
+            "fanout_publish",
+            "2",
+            "{fanout:user:deep}:h",
+            "{fanout:user:deep}:m",
+            "fanout:user:deep",
+        ];
+        args.push(&body);
+        args.extend_from_slice(extra);
+        redis.cli(&args)
+    };
+    for (body, extra) in [
+        (format!(r#"{{"data":{}}}"#, nested(9)), &[][..]),
+        (format!(r#"{{"data":{}}}"#, nested(30_000)), &[]),
+        (format!(r#"{{"id":"x","ts":1,"data":{}}}"#, nested(9)), &[]),
+        // A caller naming a depth above cjson's: cjson's refusal is "too
+        // deep" too, not "not a JSON object".
+        (
+            format!(r#"{{"data":{}}}"#, nested(1500)),
+            &["100", "60000", "60000", "0", "", "60000", "5000"][..],
+        ),
+    ] {
+        let reply = fcall(body, extra);
+        assert!(
+            reply.contains("ERR fanout_publish") && reply.contains("may nest at most"),
+            "{reply}"
+        );
+    }
+    assert_eq!(redis.cli(&["XLEN", "{fanout:user:deep}:h"]).trim(), "0");
+    let reply = fcall(format!(r#"{{"event":"ok","data":{}}}"#, nested(8)), &[]);
+    assert_eq!(reply.lines().next().map(str::trim), Some("1"), "{reply}");
+    let m = next_message(&mut c).await;
+    assert_eq!(
+        (&m["event"], &m["offset"]),
+        (&json!("ok"), &json!(1)),
+        "{m}"
+    );
+}
+
 /// `FCALL fanout_publish` with a body that has no `id` or `ts`: Redis
 /// fills them in, so every node and every replay shows the same message
 /// the same way (a client deduplicating by id sees one message). A body

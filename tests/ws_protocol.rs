@@ -233,6 +233,55 @@ async fn client_publish_reaches_the_group_with_from() {
     );
 }
 
+/// `data` nested as deep as `--max-json-depth` allows.
+fn nested(depth: usize) -> String {
+    format!("{}1{}", "[".repeat(depth), "]".repeat(depth))
+}
+
+/// A publish nesting deeper than `--max-json-depth` (32,000 levels in a
+/// 64 KiB frame, or one level too many) is refused with `too_deep`, is not
+/// delivered, and leaves the connection usable; one exactly as deep as the
+/// limit is delivered.
+#[tokio::test]
+async fn too_deep_publish_is_refused_and_the_connection_stays() {
+    let server = TestServer::start().await;
+    let limit = fanout::config::Config::default().max_json_depth;
+    let mut sender = server.client("alice").await;
+    let mut member = server.client("bob").await;
+    sender.join("room-1").await;
+    member.join("room-1").await;
+    for (id, depth) in [(1, 32_000), (2, limit + 1)] {
+        let frame = format!(
+            r#"{{"type":"publish","id":{id},"group":"room-1","data":{}}}"#,
+            nested(depth)
+        );
+        sender.send_raw(Message::text(frame)).await;
+        let r = sender.recv().await;
+        assert_eq!(
+            (&r["type"], &r["id"], &r["code"]),
+            (&json!("error"), &json!(id), &json!("too_deep")),
+            "{r}"
+        );
+    }
+    let frame = format!(
+        r#"{{"type":"publish","id":3,"group":"room-1","data":{}}}"#,
+        nested(limit)
+    );
+    sender.send_raw(Message::text(frame)).await;
+    assert_eq!(sender.recv().await, json!({"type": "ack", "id": 3}));
+    // Each member's first message (the sender's too) is the one within
+    // the limit.
+    let want: Value = serde_json::from_str(&nested(limit)).unwrap();
+    for c in [&mut member, &mut sender] {
+        let m = c.recv_type("message").await;
+        assert_eq!(m["data"], want, "{m}");
+    }
+    assert_eq!(
+        sender.call(json!({"type": "ping", "id": 4})).await,
+        json!({"type": "pong", "id": 4})
+    );
+}
+
 /// Joins follow the token's `groups` claim, including prefix patterns.
 #[tokio::test]
 async fn joins_are_allowed_by_name_and_pattern_only() {

@@ -4,7 +4,8 @@
 //!
 //! Beyond "no panic": every refused frame has a JSON `error` reply echoing
 //! its `id`; an accepted frame carries only valid names, its positions
-//! survive the compact form, and the replies it leads to are JSON.
+//! survive the compact form, its `data` nests no deeper than the limit,
+//! and the replies it leads to are JSON.
 
 #![no_main]
 
@@ -13,8 +14,8 @@ use fanout::{
     client::{authenticate, check_start},
     protocol::{
         Channel, ChannelKind, ClientFrame, Publication, ack_frame, format_since_compact,
-        is_valid_event, is_valid_name, joined_frame, left_frame, message_frame, parse_client_frame,
-        parse_since_compact, pong_frame,
+        is_valid_event, is_valid_name, joined_frame, json_depth, left_frame, message_frame,
+        parse_client_frame, parse_since_compact, pong_frame,
     },
 };
 use fanout_fuzz::{PLAIN, assert_frame};
@@ -23,13 +24,15 @@ use libfuzzer_sys::fuzz_target;
 /// At most this many groups per connection (`--max-groups` is larger, but
 /// a small bound reaches the refusal).
 const MAX_GROUPS: usize = 4;
+/// `--max-json-depth` (small, for the same reason).
+const MAX_DEPTH: usize = 4;
 
 fuzz_target!(|data: &[u8]| {
     // WebSocket text frames are UTF-8: tungstenite refuses anything else.
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    match parse_client_frame(text) {
+    match parse_client_frame(text, MAX_DEPTH) {
         Ok(frame) => accepted(frame),
         Err(e) => {
             let reply = e.frame();
@@ -38,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(value.get("id").and_then(|v| v.as_i64()), e.id, "{reply}");
         }
     }
-    if let Err(e) = authenticate(&PLAIN, text) {
+    if let Err(e) = authenticate(&PLAIN, text, MAX_DEPTH) {
         assert_frame(&e.frame(), "error");
     }
 });
@@ -87,6 +90,7 @@ fn accepted(frame: ClientFrame) {
             assert!(is_valid_name(&group));
             assert!(event.as_deref().is_none_or(is_valid_event));
             let raw = data.get().to_owned();
+            assert!(json_depth::depth(raw.as_bytes()) <= MAX_DEPTH, "{raw}");
             let p = Publication {
                 id: "m1".into(),
                 ts: 1,

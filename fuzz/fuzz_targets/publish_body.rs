@@ -4,7 +4,8 @@
 //!
 //! Beyond "no panic": a refused body is a 4xx whose response renders;
 //! an accepted one has at least one target, only valid names, no
-//! duplicates, and no more than the documented 10,000 targets.
+//! duplicates, and no more than the documented 10,000 targets (and a
+//! body whose `data` nests deeper than the limit is refused).
 
 #![no_main]
 
@@ -15,9 +16,11 @@ use fanout::{api::check_publish_body, protocol::is_valid_name};
 use libfuzzer_sys::fuzz_target;
 
 const MAX_TARGETS: usize = 10_000;
+/// `--max-json-depth` (small, so that the refusal is reached).
+const MAX_DEPTH: usize = 4;
 
 fuzz_target!(|data: &[u8]| {
-    match check_publish_body(data) {
+    match check_publish_body(data, MAX_DEPTH) {
         Ok(targets) => {
             assert!(targets.all || !targets.users.is_empty() || !targets.groups.is_empty());
             assert!(targets.users.len() + targets.groups.len() <= MAX_TARGETS);

@@ -10,7 +10,7 @@ use crate::http_error::HttpError;
 use crate::{
     broker::IdempotencyKey,
     node::Targets,
-    protocol::{self, NAME_RULE, Positions, is_valid_event, is_valid_name},
+    protocol::{self, ErrorCode, NAME_RULE, Positions, is_valid_event, is_valid_name, json_depth},
     state::AppState,
 };
 
@@ -60,7 +60,7 @@ pub(super) async fn publish(
         event,
         data,
         key,
-    } = check(req)?;
+    } = check(req, state.cfg.max_json_depth)?;
     let mut publication = state.node.publication(event, data, None);
     if let Some(key) = &key {
         // A retry must carry the same id, whichever channels it reaches.
@@ -85,8 +85,19 @@ struct Checked {
     key: Option<IdempotencyKey>,
 }
 
-/// Every check of a publish body that needs no node.
-fn check(req: PublishRequest) -> Result<Checked, HttpError> {
+/// Every check of a publish body that needs no node. `max_depth` is
+/// `--max-json-depth`.
+fn check(req: PublishRequest, max_depth: usize) -> Result<Checked, HttpError> {
+    // The rest of the body is typed (names, a flag, strings): only `data`
+    // can nest. Reading it skipped the value without a recursion limit.
+    if let Some(data) = &req.data
+        && json_depth::exceeds(data.get().as_bytes(), max_depth)
+    {
+        return Err(HttpError::bad_request(
+            ErrorCode::TooDeep.as_str(),
+            format!("`data` may nest at most {max_depth} levels deep"),
+        ));
+    }
     let targets = validate(req.to)?;
     if let Some(event) = &req.event
         && !is_valid_event(event)
@@ -117,9 +128,9 @@ fn check(req: PublishRequest) -> Result<Checked, HttpError> {
 /// (axum's JSON extractor, then [`check`]), without publishing it: the
 /// entry point of the `publish_body` fuzz target (docs/fuzzing.md).
 #[doc(hidden)]
-pub fn check_publish_body(body: &[u8]) -> Result<Targets, HttpError> {
+pub fn check_publish_body(body: &[u8], max_depth: usize) -> Result<Targets, HttpError> {
     let Json(req) = Json::<PublishRequest>::from_bytes(body)?;
-    check(req).map(|checked| checked.targets)
+    check(req, max_depth).map(|checked| checked.targets)
 }
 
 fn validate(to: To) -> Result<Targets, HttpError> {
@@ -168,8 +179,11 @@ mod tests {
     /// The fuzz target's entry point reads bodies as the handler does.
     #[test]
     fn publish_bodies_are_checked_as_documented() {
-        let t =
-            check_publish_body(br#"{"to":{"users":["42","7","42"],"groups":["room-1"]}}"#).unwrap();
+        let t = check_publish_body(
+            br#"{"to":{"users":["42","7","42"],"groups":["room-1"]}}"#,
+            32,
+        )
+        .unwrap();
         assert_eq!(
             (t.users, t.groups, t.all),
             (vec!["42".into(), "7".into()], vec!["room-1".into()], false)
@@ -184,11 +198,25 @@ mod tests {
                 "invalid_idempotency_key",
             ),
             (b"{", "invalid_json"),
+            (br#"{"to":{"all":true},"data":[[[[1]]]]}"#, "too_deep"),
         ] {
             assert_eq!(
-                check_publish_body(body).map(drop).map_err(|e| e.code),
+                check_publish_body(body, 3).map(drop).map_err(|e| e.code),
                 Err(code)
             );
         }
+        assert!(check_publish_body(br#"{"to":{"all":true},"data":[[["[[[["]]]}"#, 3).is_ok());
+        // A million levels (2 MB): refused, no stack overflow.
+        let deep = format!(
+            r#"{{"to":{{"all":true}},"data":{}{}}}"#,
+            "[".repeat(1_000_000),
+            "]".repeat(1_000_000)
+        );
+        assert_eq!(
+            check_publish_body(deep.as_bytes(), 32)
+                .map(drop)
+                .map_err(|e| e.code),
+            Err("too_deep")
+        );
     }
 }

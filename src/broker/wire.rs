@@ -3,7 +3,8 @@
 //! A message is `{"event":"new_msg","data":<any JSON>}` with optional `id`
 //! and `ts` (the receiving node fills in what is missing); a node-to-node
 //! command is an object with a `cmd` field. Anything else is refused with a
-//! [`DecodeError`] and dropped by the caller. A message that went through
+//! [`DecodeError`] and dropped by the caller, as is a body nesting deeper
+//! than `--max-json-depth` + 1 (`data` sits one level inside it). A message that went through
 //! history (`fanout_publish`) also carries its `offset` and `epoch`, which
 //! the history function writes at the front of the object.
 
@@ -15,7 +16,9 @@ use serde_json::value::RawValue;
 use super::{Command, Envelope};
 use crate::{
     metrics::BrokerDrop,
-    protocol::{Epoch, Position, Publication, is_valid_event, is_valid_name, null_value},
+    protocol::{
+        Epoch, Position, Publication, is_valid_event, is_valid_name, json_depth, null_value,
+    },
 };
 
 /// Largest body accepted from the broker: bigger ones could not be written
@@ -32,6 +35,8 @@ pub enum DecodeError {
     BadField,
     #[error("unknown command")]
     UnknownCommand,
+    #[error("nested deeper than --max-json-depth allows")]
+    TooDeep,
 }
 
 impl DecodeError {
@@ -42,6 +47,7 @@ impl DecodeError {
             Self::NotJson => BrokerDrop::InvalidJson,
             Self::BadField => BrokerDrop::InvalidField,
             Self::UnknownCommand => BrokerDrop::UnknownCommand,
+            Self::TooDeep => BrokerDrop::TooDeep,
         }
     }
 }
@@ -79,13 +85,20 @@ pub fn encode(envelope: &Envelope) -> String {
 /// Parses a published body, and the history position it carries (a
 /// message published live-only, with a plain `PUBLISH`, has none). `fill`
 /// supplies an id and timestamp for messages that came without them
-/// (backends publishing straight to Redis).
+/// (backends publishing straight to Redis). `max_depth` is
+/// `--max-json-depth`, how deeply `data` may nest.
 pub fn decode(
     payload: &[u8],
+    max_depth: usize,
     fill: impl FnOnce() -> (String, u64),
 ) -> Result<(Envelope, Option<Position>), DecodeError> {
     if payload.len() > MAX_BODY {
         return Err(DecodeError::TooLarge);
+    }
+    // Before any parse: commands are parsed through serde's buffered
+    // `Content`, which recurses.
+    if json_depth::exceeds(payload, max_depth.saturating_add(1)) {
+        return Err(DecodeError::TooDeep);
     }
     if payload.trim_ascii_start().first() != Some(&b'{') {
         // Valid JSON of another shape is a bad field; anything else is not JSON.
@@ -164,7 +177,8 @@ mod tests {
 
     #[test]
     fn direct_publishes_get_an_id_and_timestamp() {
-        let Ok((Envelope::Publication(p), None)) = decode(br#"{"event":"x","data":{"a":1}}"#, fill)
+        let Ok((Envelope::Publication(p), None)) =
+            decode(br#"{"event":"x","data":{"a":1}}"#, 32, fill)
         else {
             panic!("not a publication")
         };
@@ -173,15 +187,19 @@ mod tests {
             ("filled", 9, Some("x"))
         );
         assert_eq!(p.data.get(), r#"{"a":1}"#);
-        let Ok((Envelope::Publication(p), None)) = decode(br#"{"id":"mine","ts":5}"#, fill) else {
+        let Ok((Envelope::Publication(p), None)) = decode(br#"{"id":"mine","ts":5}"#, 32, fill)
+        else {
             panic!("not a publication")
         };
         assert_eq!((p.id.as_str(), p.ts, p.data.get()), ("mine", 5, "null"));
-        let Ok((_, Some(pos))) = decode(br#"{"offset":7,"epoch":"e1","id":"m","ts":5}"#, fill)
+        let Ok((_, Some(pos))) = decode(br#"{"offset":7,"epoch":"e1","id":"m","ts":5}"#, 32, fill)
         else {
             panic!("no position")
         };
         assert_eq!((pos.offset, pos.epoch.as_str()), (7, "e1"));
+        // `data` as deep as the limit allows: the body is one level more.
+        let body = format!(r#"{{"data":{}1{}}}"#, "[".repeat(32), "]".repeat(32));
+        assert!(decode(body.as_bytes(), 32, fill).is_ok());
     }
 
     #[test]
@@ -200,7 +218,7 @@ mod tests {
             },
         ] {
             let text = encode(&Envelope::Command(cmd.clone()));
-            let Ok((Envelope::Command(back), None)) = decode(text.as_bytes(), fill) else {
+            let Ok((Envelope::Command(back), None)) = decode(text.as_bytes(), 32, fill) else {
                 panic!("{text}")
             };
             assert_eq!(back, cmd);
@@ -227,9 +245,17 @@ mod tests {
                 br#"{"cmd":"join","group":"bad name"}"#,
                 DecodeError::BadField,
             ),
+            (
+                br#"{"data":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}"#,
+                DecodeError::TooDeep,
+            ),
+            (
+                br#"{"cmd":"join","group":"g","x":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}"#,
+                DecodeError::TooDeep,
+            ),
         ] {
             assert_eq!(
-                decode(body, fill).map(|_| ()),
+                decode(body, 32, fill).map(|_| ()),
                 Err(err),
                 "{}",
                 String::from_utf8_lossy(body)

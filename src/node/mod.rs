@@ -91,6 +91,8 @@ pub struct NodeOptions {
     /// Most messages one resume replays; a client that missed more must
     /// reload (`recovered: false`).
     pub max_recovery: usize,
+    /// How deeply a client's `data` may nest (`--max-json-depth`).
+    pub max_json_depth: usize,
     /// Rate limits of client frames and the per-user connection cap.
     pub limits: Limits,
 }
@@ -174,6 +176,11 @@ impl Node {
     /// Most groups one connection may be in.
     pub fn max_groups(&self) -> usize {
         self.inner.opts.max_groups
+    }
+
+    /// How deeply a client's `data` may nest.
+    pub fn max_json_depth(&self) -> usize {
+        self.inner.opts.max_json_depth
     }
 
     /// Rate limits of client frames and the per-user connection cap.
@@ -454,6 +461,7 @@ mod tests {
             unsubscribe_linger: Duration::ZERO,
             query_timeout: Duration::from_secs(5),
             max_recovery: 100,
+            max_json_depth: 32,
             limits: Limits::default(),
         };
         (Node::new(opts, AnyBroker::Memory(bus.broker(tx))), bus, rx)

@@ -9,6 +9,7 @@ use serde_json::value::RawValue;
 use super::{
     channel::{Channel, ChannelKind},
     error::{ErrorCode, FrameError},
+    json_depth,
     message::null_value,
     names::{NAME_RULE, is_valid_event, is_valid_name, truncate},
     position::{Position, Positions},
@@ -65,8 +66,10 @@ struct RawFrame<'a> {
     since: Option<Box<RawValue>>,
 }
 
-/// Parses and validates one text frame from a client.
-pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
+/// Parses and validates one text frame from a client. `max_depth` is
+/// `--max-json-depth`: how deeply `data` may nest; the frame as a whole
+/// may nest one level more (it holds `data`), and no deeper anywhere.
+pub fn parse_client_frame(text: &str, max_depth: usize) -> Result<ClientFrame, FrameError> {
     let raw: RawFrame<'_> = match serde_json::from_str(text) {
         Ok(raw) => raw,
         Err(e) if e.is_syntax() || e.is_eof() => {
@@ -85,6 +88,17 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
         }
     };
     let id = raw.id;
+    // Parsed first, for the `id` (skipping a value never recurses, so a
+    // deep frame costs no stack), then refused before anything acts on it.
+    if json_depth::exceeds(text.as_bytes(), max_depth.saturating_add(1)) {
+        return Err(FrameError::new(
+            id,
+            ErrorCode::TooDeep,
+            format!(
+                "`data` may nest at most {max_depth} levels deep (the frame as a whole, one more)"
+            ),
+        ));
+    }
     let missing = |field: &str| {
         FrameError::new(
             id,
@@ -246,7 +260,7 @@ mod tests {
     #[test]
     fn bad_frames_get_precise_codes() {
         let code = |s: &str| {
-            parse_client_frame(s)
+            parse_client_frame(s, 32)
                 .map(|_| ())
                 .map_err(|e| (e.id, e.code))
         };
@@ -278,6 +292,28 @@ mod tests {
             code(r#"{"type":"auth","token":"t","since":{"all":{"offset":1,"epoch":"e"}}}"#),
             Ok(())
         );
+    }
+
+    #[test]
+    fn frames_nesting_too_deep_are_refused_with_their_id() {
+        let frame = |depth: usize| {
+            format!(
+                r#"{{"type":"publish","id":7,"group":"g","data":{}1{}}}"#,
+                "[".repeat(depth),
+                "]".repeat(depth)
+            )
+        };
+        assert!(parse_client_frame(&frame(4), 4).is_ok());
+        let e = parse_client_frame(&frame(5), 4).unwrap_err();
+        assert_eq!((e.id, e.code), (Some(7), ErrorCode::TooDeep));
+        // Anywhere in the frame, not only in `data`; brackets in strings
+        // do not count.
+        let e = parse_client_frame(r#"{"type":"ping","x":[[[[[1]]]]]}"#, 4).unwrap_err();
+        assert_eq!(e.code, ErrorCode::TooDeep);
+        assert!(parse_client_frame(r#"{"type":"ping","x":"[[[[[[[["}"#, 4).is_ok());
+        // 32,000 levels in a 64 KiB frame: refused, no stack overflow.
+        let e = parse_client_frame(&frame(32_000), 32).unwrap_err();
+        assert_eq!(e.code, ErrorCode::TooDeep);
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub enum ErrorCode {
     MessageTooBig,
     TooManyErrors,
     InvalidPosition,
+    /// JSON nested deeper than `--max-json-depth` allows.
+    TooDeep,
     /// A frame (or API request) over its rate limit; it was not acted on.
     RateLimited,
     /// The user holds as many connections as the node allows.
@@ -55,6 +57,7 @@ impl ErrorCode {
             Self::MessageTooBig => "message_too_big",
             Self::TooManyErrors => "too_many_errors",
             Self::InvalidPosition => "invalid_position",
+            Self::TooDeep => "too_deep",
             Self::RateLimited => "rate_limited",
             Self::ConnectionLimit => "connection_limit",
         }

@@ -10,6 +10,7 @@
 //! - [`close`]: close codes, `bye`, and the reconnect-hint policy.
 //! - [`error`]: `error` frame codes and a refused frame.
 //! - [`client_frame`]: parsing what clients send.
+//! - [`json_depth`]: how deeply a JSON text nests, without parsing it.
 //! - [`server_frame`]: replies (`welcome`, `joined`, `ack`, …).
 //! - [`message`]: a publication and its `message` frame.
 //! - [`position`]: offsets and epochs, where a message sits in its channel.
@@ -18,6 +19,7 @@ pub mod channel;
 pub mod client_frame;
 pub mod close;
 pub mod error;
+pub mod json_depth;
 pub mod message;
 pub mod names;
 pub mod position;

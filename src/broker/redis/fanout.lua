@@ -22,6 +22,7 @@ local DEFAULTS = {
   meta_ttl = {{META_TTL}},
   idempotency_ttl = {{IDEMPOTENCY_TTL}},
   sharded = {{SHARDED}},
+  max_json_depth = {{MAX_JSON_DEPTH}},
 }
 
 local function now_ms()
@@ -89,20 +90,47 @@ end
 -- Largest body the nodes accept (MAX_BODY in src/broker/wire.rs).
 local MAX_BODY = 16 * 1024 * 1024
 
+-- The refusal of a body nesting deeper than `max_depth` allows `data`.
+local function too_deep(max_depth)
+  return '"data" may nest at most ' .. max_depth .. ' levels deep (the body as a whole, one more)'
+end
+
 local function is_name(s)
   return type(s) == 'string' and #s >= 1 and #s <= 128 and string.match(s, '^[%w_%.:@=+/%-]+$') ~= nil
 end
 
--- What a body from a backend lacks: whether to add `id` and `ts`, or nil
--- and why it is refused. A node's own bodies start with both and skip the
--- JSON parse. A backend's are parsed and checked as the nodes check them,
--- so that nothing is kept that no node could deliver (a resume would stop
+-- Decodes a JSON text nesting at most `max_depth` levels: cjson's own
+-- limit, set for this call only (other libraries share the Lua state) and
+-- counted as json_depth.rs counts. Returns ok, the value or the error, and
+-- whether the error was the depth.
+local function decode(text, max_depth)
+  local set = cjson.decode_max_depth
+  local previous = set and set()
+  if set then
+    set(max_depth)
+  end
+  local ok, value = pcall(cjson.decode, text)
+  if set then
+    set(previous)
+  end
+  local deep = not ok and string.find(tostring(value), 'nested', 1, true) ~= nil
+  return ok, value, deep
+end
+
+-- What a body lacks: whether to add `id` and `ts`, or nil and why it is
+-- refused. A node's own bodies start with both and were checked by the
+-- node (`checked`): they skip the JSON decode. Every other body is decoded
+-- and checked as the nodes check what they receive, depth included, so
+-- that nothing is kept that no node could deliver (a resume would stop
 -- there), and every node and every replay shows the same id and timestamp.
-local function missing_fields(rest)
-  if string.match(rest, '^"id":"[^"\\]*","ts":%d+[,}]') then
+local function missing_fields(rest, checked, max_depth)
+  if checked and string.match(rest, '^"id":"[^"\\]*","ts":%d+[,}]') then
     return false, false
   end
-  local ok, object = pcall(cjson.decode, '{' .. rest)
+  local ok, object, deep = decode('{' .. rest, max_depth + 1)
+  if deep then
+    return nil, nil, too_deep(max_depth)
+  end
   if not ok or type(object) ~= 'table' then
     return nil, nil, 'the body must be a JSON object'
   end
@@ -129,8 +157,10 @@ local function missing_fields(rest)
 end
 
 -- FCALL fanout_publish 2 <stream> <meta> <channel> <body> [size ttl_ms
---   meta_ttl_ms sharded idempotency_key idempotency_ttl_ms]
--- <body> is a JSON object; the published and stored body is the same
+--   meta_ttl_ms sharded idempotency_key idempotency_ttl_ms checked]
+-- <body> is a JSON object whose "data" nests at most --max-json-depth
+-- levels (the body as a whole, one more); `checked` is 1 only from a node,
+-- which has checked its body itself. The published and stored body is the same
 -- object with "offset" and "epoch" first, and "id" and "ts" after them
 -- when it had none. Returns {offset, epoch, receivers, repeated (1 when
 -- the idempotency key was seen)}.
@@ -147,7 +177,8 @@ local function publish(keys, args)
   if rest == nil then
     return redis.error_reply('ERR fanout_publish: the body must be a JSON object')
   end
-  local needs_id, needs_ts, invalid = missing_fields(rest)
+  local checked = args[9] == '1'
+  local needs_id, needs_ts, invalid = missing_fields(rest, checked, DEFAULTS.max_json_depth)
   if invalid then
     return redis.error_reply('ERR fanout_publish: ' .. invalid)
   end

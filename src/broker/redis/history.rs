@@ -32,9 +32,10 @@ const LIBRARY: &str = include_str!("fanout.lua");
 /// doubling up to 2 s (Redis may still be loading its data).
 const RELOAD_ATTEMPTS: u32 = 8;
 
-/// The library's source with this node's history settings as its
-/// defaults (what a backend's `FCALL fanout_publish` without them uses).
-pub(super) fn library(history: &HistoryOptions, sharded: bool) -> String {
+/// The library's source with this node's history settings and
+/// `--max-json-depth` as its defaults (what a backend's `FCALL
+/// fanout_publish` without them uses).
+pub(super) fn library(history: &HistoryOptions, sharded: bool, max_json_depth: usize) -> String {
     let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).to_string();
     LIBRARY
         .replace("{{USER_SIZE}}", &history.user.size.to_string())
@@ -46,6 +47,7 @@ pub(super) fn library(history: &HistoryOptions, sharded: bool) -> String {
         .replace("{{META_TTL}}", &ms(history.meta_ttl))
         .replace("{{IDEMPOTENCY_TTL}}", &ms(history.idempotency_ttl))
         .replace("{{SHARDED}}", if sharded { "1" } else { "0" })
+        .replace("{{MAX_JSON_DEPTH}}", &max_json_depth.to_string())
 }
 
 /// The channel's key prefix: its full name in a hash tag, unless it
@@ -93,7 +95,11 @@ fn position_of(values: &[Value], what: &str) -> Result<Position, BrokerError> {
 impl RedisBroker {
     /// Loads the function library (on every master of a cluster).
     pub(super) async fn load_library(&self) -> Result<(), BrokerError> {
-        let code = library(&self.inner.history, self.inner.clustered);
+        let code = library(
+            &self.inner.history,
+            self.inner.clustered,
+            self.inner.max_json_depth,
+        );
         let publisher = &self.inner.publisher;
         let r = if self.inner.clustered {
             publisher.function_load_cluster(true, code).await
@@ -196,10 +202,12 @@ impl RedisBroker {
             Value::from(ms(history.meta_ttl) as i64),
             Value::from(i64::from(self.inner.clustered)),
         ];
-        if let Some(key) = key {
-            args.push(Value::from(key.as_str()));
-            args.push(Value::from(ms(history.idempotency_ttl) as i64));
-        }
+        // The key ("" for none), then `checked`: this node checked the
+        // body (its depth against its own --max-json-depth), so the
+        // library need not decode it again.
+        args.push(Value::from(key.map_or("", IdempotencyKey::as_str)));
+        args.push(Value::from(ms(history.idempotency_ttl) as i64));
+        args.push(Value::from(1));
         let reply = self
             .fcall(
                 "fanout_publish",
@@ -257,7 +265,7 @@ impl RedisBroker {
         let mut messages = Vec::with_capacity(reply.len().saturating_sub(3));
         for body in reply.iter().skip(3).rev() {
             let bytes = body.as_bytes().ok_or_else(|| bad_reply("fanout_history"))?;
-            match wire::decode(bytes, crate::ids::message_id) {
+            match wire::decode(bytes, self.inner.max_json_depth, crate::ids::message_id) {
                 Ok((Envelope::Publication(publication), Some(p))) => messages.push(Stored {
                     offset: p.offset,
                     publication,
@@ -294,7 +302,7 @@ mod tests {
         assert_eq!(key_base("{app}:user:42"), "{app}:user:42");
         // An empty tag hashes the whole name: wrap it.
         assert_eq!(key_base("{}:all"), "{{}:all}");
-        let lib = library(&HistoryOptions::default(), true);
+        let lib = library(&HistoryOptions::default(), true, 32);
         assert!(!lib.contains("{{"), "every placeholder filled in");
         assert!(lib.starts_with("#!lua name=fanout"));
     }

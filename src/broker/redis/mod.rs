@@ -100,6 +100,8 @@ struct Inner {
     /// resubscribes done (by the resubscribers).
     events: mpsc::Sender<Inbound>,
     history: HistoryOptions,
+    /// `--max-json-depth`, for received bodies and `fanout_publish`.
+    max_json_depth: usize,
     /// The heartbeat and fencing of hung nodes; `None` when
     /// `--node-fence-after` is 0.
     fence: Option<Fence>,
@@ -222,6 +224,7 @@ impl RedisBroker {
                 stop: CancellationToken::new(),
                 events,
                 history: opts.history,
+                max_json_depth: opts.max_json_depth,
                 fence,
             }),
         };

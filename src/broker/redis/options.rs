@@ -33,6 +33,9 @@ pub struct RedisOptions {
     pub command_timeout: Duration,
     pub probe_interval: Duration,
     pub history: HistoryOptions,
+    /// How deeply a message's `data` may nest (`--max-json-depth`): bodies
+    /// received deeper are dropped, and `fanout_publish` refuses them.
+    pub max_json_depth: usize,
     /// How long a node's heartbeat key lives without a refresh before the
     /// other nodes fence it (`Duration::ZERO`: no heartbeat, no fencing).
     pub fence_after: Duration,
@@ -53,6 +56,7 @@ impl RedisOptions {
             command_timeout: cfg.redis_timeout,
             probe_interval: cfg.redis_probe_interval,
             history: HistoryOptions::from_config(cfg),
+            max_json_depth: cfg.max_json_depth,
             fence_after: cfg.node_fence_after,
             fenced_drain: cfg.drain_window,
         }))

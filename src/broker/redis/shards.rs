@@ -80,7 +80,8 @@ impl RedisBroker {
                 continue;
             };
             let payload = msg.value.as_bytes().unwrap_or_default();
-            let (envelope, position) = match wire::decode(payload, crate::ids::message_id) {
+            let decoded = wire::decode(payload, self.inner.max_json_depth, crate::ids::message_id);
+            let (envelope, position) = match decoded {
                 Ok(decoded) => decoded,
                 Err(e) => {
                     metrics::broker_dropped(e.metric(), 1);

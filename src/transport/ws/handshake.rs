@@ -40,10 +40,12 @@ pub(super) async fn authenticate(
             Some(Ok(Message::Text(t))) if t.len() > state.cfg.max_frame as usize => {
                 break (client::too_big(), CloseReason::MessageTooBig);
             }
-            Some(Ok(Message::Text(t))) => match client::authenticate(&state.auth, &t) {
-                Ok(authenticated) => return Ok(authenticated),
-                Err(e) => break unauthorized(e),
-            },
+            Some(Ok(Message::Text(t))) => {
+                match client::authenticate(&state.auth, &t, state.cfg.max_json_depth) {
+                    Ok(authenticated) => return Ok(authenticated),
+                    Err(e) => break unauthorized(e),
+                }
+            }
             Some(Ok(Message::Binary(_))) => break unauthorized(client::binary()),
             Some(Ok(Message::Close(_))) => return Err(CloseReason::Unauthorized),
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
