@@ -17,11 +17,25 @@
 //!   ([`ConnectionSlot`] travels with the request into the transport);
 //! - an accept error (`EMFILE` when other files used up the limit anyway)
 //!   is logged at most once every 10 s and the loop pauses briefly, then
-//!   carries on by itself.
+//!   carries on by itself;
+//! - a request whose target is over [`MAX_URI`] gets the JSON error 414,
+//!   one whose headers are over [`MAX_HEADER_BYTES`] or [`MAX_HEADERS`]
+//!   the JSON error 431, and the connection carries on. hyper reads a
+//!   request's head into a buffer of at most [`HEAD_BUFFER`] (its default
+//!   is ~400 KiB per connection) and parses at most [`HYPER_MAX_HEADERS`]
+//!   headers; a head past those gets hyper's own bare 431 and the
+//!   connection is closed. Our limits sit well inside hyper's, so every
+//!   oversized head a real client sends gets the documented JSON body.
 
-use std::{future::Future, io, sync::Arc, time::Duration};
+use std::{convert::Infallible, future::Future, io, sync::Arc, time::Duration};
 
-use axum::{Router, body::Body, extract::Request};
+use axum::{
+    Router,
+    body::Body,
+    extract::Request,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
@@ -32,6 +46,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::ServiceExt;
 
 use crate::{
+    http_error::HttpError,
     log_limit::LogLimiter,
     metrics::{self, Rejected},
     state::ConnectionSlot,
@@ -39,6 +54,20 @@ use crate::{
 
 /// How long the loop pauses after an accept error.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Longest request target (path and query): room for a `?token=` JWT of a
+/// few KiB and `?since=` positions; more is refused with 414.
+pub const MAX_URI: usize = 8 * 1024;
+/// Most bytes of request headers (names, values and their separators),
+/// and most headers: more is refused with 431.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+pub const MAX_HEADERS: usize = 100;
+/// hyper's read buffer for a request head: comfortably above the limits
+/// above (8 KiB + 16 KiB + the request line), so a head over them still
+/// reaches [`oversized_head`]. Only a head over this gets hyper's bare 431.
+pub const HEAD_BUFFER: usize = 64 * 1024;
+/// Headers hyper parses before its own bare 431.
+pub const HYPER_MAX_HEADERS: usize = 2 * MAX_HEADERS;
 
 static ACCEPT_ERROR_LOG: LogLimiter = LogLimiter::new(Duration::from_secs(10));
 static FULL_LOG: LogLimiter = LogLimiter::new(Duration::from_secs(10));
@@ -92,15 +121,24 @@ pub async fn serve(
             continue;
         };
         let slot = ConnectionSlot(Arc::new(permit));
-        let service = router.clone().map_request(move |req: Request<Incoming>| {
-            let mut req = req.map(Body::new);
-            req.extensions_mut().insert(slot.clone());
-            req
+        let router = router.clone();
+        let service = tower::service_fn(move |req: Request<Incoming>| {
+            let (router, slot) = (router.clone(), slot.clone());
+            async move {
+                if let Some(refused) = oversized_head(&req) {
+                    return Ok::<Response, Infallible>(refused.into_response());
+                }
+                let mut req = req.map(Body::new);
+                req.extensions_mut().insert(slot);
+                router.oneshot(req).await
+            }
         });
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())
-            .header_read_timeout(options.header_timeout);
+            .header_read_timeout(options.header_timeout)
+            .max_buf_size(HEAD_BUFFER)
+            .max_headers(HYPER_MAX_HEADERS);
         let conn = builder
             .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
             .with_upgrades();
@@ -124,6 +162,37 @@ pub async fn serve(
     connections.close();
     connections.wait().await;
     Ok(())
+}
+
+/// The JSON error for a request head over our limits, if it is.
+fn oversized_head<B>(req: &Request<B>) -> Option<HttpError> {
+    let uri = req.uri();
+    let target = uri.scheme_str().map_or(0, str::len)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(0, |p| p.as_str().len());
+    if target > MAX_URI {
+        return Some(HttpError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!("the request target is over {MAX_URI} bytes"),
+        ));
+    }
+    let headers = req.headers();
+    // Each header as sent: name, ": ", value, CRLF.
+    let bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if headers.len() > MAX_HEADERS || bytes > MAX_HEADER_BYTES {
+        return Some(HttpError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!(
+                "request headers are limited to {MAX_HEADERS} headers and {MAX_HEADER_BYTES} bytes"
+            ),
+        ));
+    }
+    None
 }
 
 /// `--max-connections 0`: the open-files limit minus a reserve for Redis

@@ -100,6 +100,122 @@ async fn connections_that_never_finish_their_headers_are_closed() {
     ping(&mut client).await;
 }
 
+/// A token of about 4 KiB (a JWT with many group patterns), as some
+/// identity providers issue.
+fn big_token(uid: &str) -> String {
+    use fanout::{auth::Authenticator, config::JwtAlgorithm};
+    let groups: Vec<String> = (0..120)
+        .map(|i| format!("group-with-a-long-name-{i}"))
+        .collect();
+    Authenticator::new(
+        JwtAlgorithm::Hs256,
+        &fanout::auth::JwtKey::Secret(support::SECRET.as_bytes().to_vec()),
+        None,
+        None,
+        &[],
+    )
+    .unwrap()
+    .mint(uid, &groups, &[], Duration::from_secs(3600))
+    .unwrap()
+}
+
+/// An oversized request target gets the JSON error 414 and oversized
+/// headers (too many bytes, or too many headers) the JSON error 431, on a
+/// connection that stays usable; a head past hyper's own buffer gets
+/// hyper's bare 431. WebSocket and SSE with a 4 KiB token in the URL are
+/// served, and so is a client connected throughout.
+#[tokio::test]
+async fn oversized_urls_and_headers_get_json_errors() {
+    let node = FanoutProcess::start("big", &[]);
+    let mut client = node.client("b1").await;
+    let http = reqwest::Client::new();
+    let url = |path: &str| format!("http://{}{path}", node.addr);
+    let expect = |status: u16, code: &'static str| {
+        move |(s, body): (u16, serde_json::Value)| {
+            assert_eq!(
+                (s, body["error"]["code"].as_str()),
+                (status, Some(code)),
+                "{body}"
+            );
+        }
+    };
+    let long = "x".repeat(20 * 1024);
+    let res = http
+        .get(url(&format!("/client.js?pad={long}")))
+        .send()
+        .await
+        .unwrap();
+    expect(414, "uri_too_long")(support::read(res).await);
+    let res = http
+        .get(url("/client.js"))
+        .header("X-Pad", &long)
+        .send()
+        .await
+        .unwrap();
+    expect(431, "headers_too_large")(support::read(res).await);
+    let mut many = reqwest::header::HeaderMap::new();
+    for i in 0..150 {
+        many.insert(
+            reqwest::header::HeaderName::try_from(format!("x-h{i}")).unwrap(),
+            reqwest::header::HeaderValue::from_static("1"),
+        );
+    }
+    let res = http
+        .get(url("/client.js"))
+        .headers(many)
+        .send()
+        .await
+        .unwrap();
+    expect(431, "headers_too_large")(support::read(res).await);
+
+    // The same connection (HTTP/1.1 keep-alive) goes on after a refusal.
+    let mut tcp = TcpStream::connect(node.addr).await.unwrap();
+    let head = format!(
+        "GET /client.js?pad={long} HTTP/1.1\r\nHost: x\r\n\r\nGET /api/stats HTTP/1.1\r\nHost: x\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    let mut buf = [0u8; 4096];
+    while answer.matches("HTTP/1.1 ").count() < 2 || !answer.ends_with('}') {
+        let n = tokio::time::timeout(support::patience(), tcp.read(&mut buf))
+            .await
+            .expect("both answers within the patience")
+            .unwrap();
+        assert!(n > 0, "closed: {answer}");
+        answer.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(answer.starts_with("HTTP/1.1 414"), "{answer}");
+    assert!(answer.contains("\"uri_too_long\""), "{answer}");
+    assert!(
+        answer.contains("HTTP/1.1 401"),
+        "the second request was answered: {answer}"
+    );
+
+    // Past hyper's buffer: its own 431, no body.
+    let huge = "x".repeat(100 * 1024);
+    let res = http
+        .get(url("/client.js"))
+        .header("X-Pad", &huge)
+        .send()
+        .await;
+    if let Ok(res) = res {
+        assert_eq!(res.status(), 431);
+    }
+
+    // A 4 KiB token in the URL is fine for both transports.
+    let token = big_token("b2");
+    assert!(token.len() > 4000, "{}", token.len());
+    let mut ws = support::Client::connect(&format!("ws://{}/ws?token={token}", node.addr)).await;
+    assert_eq!(ws.recv().await["type"], "welcome");
+    let res = http
+        .get(url(&format!("/sse?token={token}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    ping(&mut client).await;
+}
+
 /// At `--max-connections` a new connection is closed at once (and counted
 /// as `node_full`); a WebSocket keeps its slot while it lives; slots come
 /// back when connections end, with nothing to do by hand.
