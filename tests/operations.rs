@@ -326,6 +326,71 @@ async fn a_frozen_redis_is_noticed_and_publishes_fail_fast() {
     assert_eq!(c.recv_type("message").await["data"], "thawed");
 }
 
+/// Publishes sent right after Redis died (SIGKILL) fail fast: each is
+/// answered 503 (or 504 `outcome_unknown`, for one already written to the
+/// connection), long before the 60 s Redis timeout the node is given
+/// (the client gives up at half of it), with the probe out of the picture.
+/// After Redis restarts, publishing works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_right_after_redis_died_fail_fast() {
+    if !support::redis::available() {
+        return;
+    }
+    let mut redis = RedisServer::start();
+    let node = FanoutProcess::start(
+        "killed",
+        &[
+            "--redis-url",
+            &redis.url(),
+            "--redis-timeout",
+            "60s",
+            "--redis-probe-interval",
+            "1h",
+            "--api-timeout",
+            "120s",
+        ],
+    );
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let publish = || {
+        let http = http.clone();
+        let url = format!("http://{}/api/publish", node.addr);
+        async move {
+            let res = http
+                .post(url)
+                .bearer_auth(support::API_KEY)
+                .json(&json!({"to": {"users": ["k"]}, "data": "after the kill"}))
+                .send()
+                .await
+                .expect("answered before the client's 30 s timeout");
+            support::read(res).await
+        }
+    };
+    let mut c = node.client("k").await;
+    assert_eq!(publish().await.0, 200);
+    c.recv_type("message").await;
+
+    redis.kill();
+    // A burst at once, then one after another for a while.
+    let mut answers = futures_util::future::join_all((0..20).map(|_| publish())).await;
+    for _ in 0..20 {
+        answers.push(publish().await);
+    }
+    for (status, body) in &answers {
+        assert!(
+            matches!(
+                (*status, body["error"]["code"].as_str()),
+                (503, Some("broker_unavailable")) | (504, Some("outcome_unknown"))
+            ),
+            "{status} {body}"
+        );
+    }
+    redis.restart();
+    assert_eventually!(publish().await.0 == 200, "{}", node.log());
+}
+
 /// A publish Redis never answered (frozen, before the probe notices) is
 /// answered 504 `outcome_unknown`, not "unavailable": it may still be
 /// published when Redis wakes. A retry with the same idempotency key then

@@ -5,6 +5,7 @@
 //! check that resubscribes after resharding.
 
 use std::{
+    future::Future,
     hash::{BuildHasher, RandomState},
     sync::atomic::Ordering,
     time::{Duration, Instant},
@@ -13,8 +14,9 @@ use std::{
 use fred::{
     clients::Client,
     error::Error as FredError,
-    interfaces::{ClientLike, ClusterInterface, PubsubInterface},
+    interfaces::{ClientLike, ClusterInterface, EventInterface, PubsubInterface},
 };
+use tokio::sync::broadcast::error::RecvError;
 
 use super::RedisBroker;
 use crate::{
@@ -38,7 +40,8 @@ impl RedisBroker {
     /// through in time (a frozen Redis), rather than after the command
     /// timeout. Nothing was sent, so the caller may safely retry.
     pub(super) fn usable(&self) -> Result<(), BrokerError> {
-        if !self.inner.publisher.is_connected() {
+        if !self.inner.publisher.is_connected() || self.inner.publisher_down.load(Ordering::Relaxed)
+        {
             return Err(BrokerError::Unavailable("not connected to Redis".into()));
         }
         if !self.inner.publisher_ok.load(Ordering::Relaxed) {
@@ -47,6 +50,66 @@ impl RedisBroker {
             ));
         }
         Ok(())
+    }
+
+    /// Runs a command on the publisher if it is [`usable`](Self::usable),
+    /// and gives up on it as soon as the publisher's connection is lost:
+    /// fred would hold a command sent just before (or just after) the
+    /// loss until it has reconnected, so the caller would wait up to
+    /// `--redis-timeout`. Given up on, the command may still be sent once
+    /// fred reconnects: for a publish (`publishes`) the outcome is
+    /// unknown; a read is simply unavailable.
+    pub(super) async fn unless_lost<T>(
+        &self,
+        publishes: bool,
+        call: impl Future<Output = Result<T, BrokerError>>,
+    ) -> Result<T, BrokerError> {
+        // Created before the check: a loss after it still wakes this one.
+        let lost = self.inner.publisher_lost.notified();
+        self.usable()?;
+        tokio::select! {
+            biased;
+            r = call => r,
+            () = lost => {
+                let why = "the connection to Redis was lost".to_owned();
+                Err(if publishes {
+                    BrokerError::OutcomeUnknown(why)
+                } else {
+                    BrokerError::Unavailable(why)
+                })
+            }
+        }
+    }
+
+    /// Marks the publisher down on its first connection error and wakes
+    /// every command in flight; marks it up again when fred reconnects.
+    pub(super) async fn watch_publisher(self) {
+        let publisher = &self.inner.publisher;
+        let (mut errors, mut reconnects) = (publisher.error_rx(), publisher.reconnect_rx());
+        loop {
+            // Errors first: when both are pending, the reconnect came last.
+            let up = tokio::select! {
+                biased;
+                () = self.inner.stop.cancelled() => return,
+                e = errors.recv() => match e {
+                    Err(RecvError::Closed) => return,
+                    Ok(_) | Err(RecvError::Lagged(_)) => false,
+                },
+                r = reconnects.recv() => match r {
+                    Err(RecvError::Closed) => return,
+                    Ok(_) | Err(RecvError::Lagged(_)) => true,
+                },
+            };
+            let was_up = !self.inner.publisher_down.swap(!up, Ordering::Relaxed);
+            if !up {
+                self.inner.publisher_lost.notify_waiters();
+                if was_up {
+                    tracing::warn!(
+                        "lost the connection to Redis; refusing publishes until it is back"
+                    );
+                }
+            }
+        }
     }
 
     fn connected(&self) -> bool {

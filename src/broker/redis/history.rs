@@ -155,7 +155,7 @@ impl RedisBroker {
         // Like a publish: refused at once while the connection is down,
         // rather than after the command timeout (a connecting client is
         // told to come back; it does not hang).
-        self.usable()?;
+        let publishes = function == "fanout_publish";
         let base = key_base(&self.full_name(channel));
         let mut keys = vec![format!("{base}:h"), format!("{base}:m")];
         keys.extend(extra_key.map(|k| format!("{base}:i:{k}")));
@@ -164,21 +164,27 @@ impl RedisBroker {
                 .publisher
                 .fcall::<Value, _, _, _>(function, keys.clone(), args.clone())
         };
-        let reply = match call().await {
-            Err(e) if missing_library(&e) => {
-                tracing::info!("the fanout function library is missing from Redis; loading it");
-                self.load_library().await?;
-                call().await
-            }
-            other => other,
-        };
-        let reply = reply.map_err(|e| {
-            if function == "fanout_publish" {
-                publish_error(&e)
-            } else {
-                unavailable(&e)
-            }
-        });
+        let reply = self
+            .unless_lost(publishes, async {
+                let reply = match call().await {
+                    Err(e) if missing_library(&e) => {
+                        tracing::info!(
+                            "the fanout function library is missing from Redis; loading it"
+                        );
+                        self.load_library().await?;
+                        call().await
+                    }
+                    other => other,
+                };
+                reply.map_err(|e| {
+                    if publishes {
+                        publish_error(&e)
+                    } else {
+                        unavailable(&e)
+                    }
+                })
+            })
+            .await;
         match reply? {
             Value::Array(values) => Ok(values),
             _ => Err(bad_reply(function)),

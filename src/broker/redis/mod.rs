@@ -90,6 +90,15 @@ struct Inner {
     /// once instead of each waiting `--redis-timeout`. Set back by the next
     /// probe that gets through.
     publisher_ok: AtomicBool,
+    /// True from the moment the publisher's connection reports an error
+    /// (Redis died, the connection closed) until fred reconnects: written
+    /// by `watch_publisher`, read by `usable`. fred itself still says
+    /// "connected" until its first reconnect attempt, 100–200 ms later,
+    /// and queues what is sent meanwhile until it has reconnected.
+    publisher_down: AtomicBool,
+    /// Notified (all waiters) when `publisher_down` is set: a command in
+    /// flight then returns at once instead of waiting for a reconnect.
+    publisher_lost: tokio::sync::Notify,
     /// When readiness first saw a connection down (cleared once all are up).
     down_since: parking_lot::Mutex<Option<Instant>>,
     /// Fingerprint of the cluster slot map when the broker connected.
@@ -220,6 +229,8 @@ impl RedisBroker {
                 ops: ops_tx,
                 probe_ok: AtomicBool::new(true),
                 publisher_ok: AtomicBool::new(true),
+                publisher_down: AtomicBool::new(false),
+                publisher_lost: tokio::sync::Notify::new(),
                 down_since: parking_lot::Mutex::new(None),
                 stop: CancellationToken::new(),
                 events,
@@ -241,6 +252,7 @@ impl RedisBroker {
         tracker.spawn(broker.clone().batcher(ops_rx));
         tracker.spawn(broker.clone().prober(opts.probe_interval));
         tracker.spawn(broker.clone().watch_connection());
+        tracker.spawn(broker.clone().watch_publisher());
         tracker.spawn(broker.clone().library_keeper());
         tracker.spawn(broker.clone().heartbeat());
         tracker.spawn(broker.clone().fencer());
@@ -282,12 +294,16 @@ impl RedisBroker {
     ) -> Result<Published, BrokerError> {
         let publisher = &self.inner.publisher;
         let name = self.full_name(channel);
-        let r: Result<i64, FredError> = if self.inner.clustered {
-            publisher.spublish(name, payload).await
-        } else {
-            publisher.publish(name, payload).await
-        };
-        let receivers = r.map_err(|e| publish_error(&e))?;
+        let receivers = self
+            .unless_lost(true, async {
+                let r: Result<i64, FredError> = if self.inner.clustered {
+                    publisher.spublish(name, payload).await
+                } else {
+                    publisher.publish(name, payload).await
+                };
+                r.map_err(|e| publish_error(&e))
+            })
+            .await?;
         Ok(Published {
             receivers: usize::try_from(receivers.max(0)).unwrap_or(0),
             position: None,
