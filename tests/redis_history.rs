@@ -281,8 +281,9 @@ async fn backends_publish_through_fcall_or_plain_publish() {
 /// Bodies nesting deeper than `--max-json-depth` are refused on Redis's
 /// side of the node too: a plain `PUBLISH` of one is dropped and counted
 /// (`too_deep`); `FCALL fanout_publish` answers an error and keeps and
-/// publishes nothing, whether the body is decoded (no `id`/`ts`), skips
-/// the decode (it starts with them), or goes past cjson's own 1000 levels.
+/// publishes nothing, whether or not it starts with `id` and `ts` (which
+/// let only a node's checked body skip the decode), and past cjson's own
+/// default of 1000 levels.
 /// A valid message after them is delivered, at offset 1.
 #[tokio::test]
 async fn too_deep_bodies_from_redis_are_refused() {
@@ -322,11 +323,14 @@ async fn too_deep_bodies_from_redis_are_refused() {
         (format!(r#"{{"data":{}}}"#, nested(9)), &[][..]),
         (format!(r#"{{"data":{}}}"#, nested(30_000)), &[]),
         (format!(r#"{{"id":"x","ts":1,"data":{}}}"#, nested(9)), &[]),
-        // A caller naming a depth above cjson's: cjson's refusal is "too
-        // deep" too, not "not a JSON object".
+        // Past cjson's default of 1000 levels.
+        (format!(r#"{{"data":{}}}"#, nested(1500)), &[]),
+        // A caller must not claim to be a node that checked the body
+        // unless it did: `checked` skips the decode of a body with `id`
+        // and `ts` only.
         (
-            format!(r#"{{"data":{}}}"#, nested(1500)),
-            &["100", "60000", "60000", "0", "", "60000", "5000"][..],
+            format!(r#"{{"data":{}}}"#, nested(9)),
+            &["100", "60000", "60000", "0", "", "60000", "1"][..],
         ),
     ] {
         let reply = fcall(body, extra);
