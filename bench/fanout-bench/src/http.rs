@@ -18,7 +18,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::{
     Request, StatusCode, Uri,
     client::conn::http1::{self, Connection, SendRequest},
-    header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue},
+    header::{AUTHORIZATION, CONNECTION, CONTENT_TYPE, HOST, HeaderValue},
 };
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -30,7 +30,19 @@ type Io = TokioIo<TcpStream>;
 pub(crate) struct Conn<B: hyper::body::Body + 'static = Full<Bytes>> {
     sender: SendRequest<B>,
     conn: Connection<Io, B>,
+    /// Set by a response with `Connection: close` (Sockudo's API sends it
+    /// on every answer): the server is closing, open a new connection.
+    closing: bool,
+    /// Set once `conn` has finished (the server closed the connection,
+    /// maybe right after handing over a response): it is never polled
+    /// again, and the connection is not reused.
+    ended: bool,
 }
+
+/// How long a request may still take once its connection has ended: what
+/// the connection handed over before it went is there at once, and what
+/// still needed it fails at once.
+const ENDED_PATIENCE: Duration = Duration::from_secs(1);
 
 impl<B: hyper::body::Body + 'static> std::fmt::Debug for Conn<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -52,34 +64,58 @@ where
         let (sender, conn) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| format!("HTTP handshake with {addr}: {e}"))?;
-        Ok(Self { sender, conn })
+        Ok(Self {
+            sender,
+            conn,
+            closing: false,
+            ended: false,
+        })
     }
 
     /// Waits for `fut` while driving the connection. `Err` if the
-    /// connection ended first (it must not be used again then).
-    async fn drive<F: Future>(conn: &mut Connection<Io, B>, fut: F) -> Result<F::Output, String> {
+    /// connection failed, or ended without `fut` getting what it waits for
+    /// (it must not be used again then).
+    async fn drive<F: Future>(
+        conn: &mut Connection<Io, B>,
+        ended: &mut bool,
+        fut: F,
+    ) -> Result<F::Output, String> {
         tokio::pin!(fut);
-        tokio::select! {
-            biased;
-            out = &mut fut => Ok(out),
-            end = conn => Err(match end {
-                Ok(()) => "the server closed the connection".to_owned(),
-                Err(e) => e.to_string(),
-            }),
+        if !*ended {
+            tokio::select! {
+                biased;
+                out = &mut fut => return Ok(out),
+                end = conn => {
+                    *ended = true;
+                    end.map_err(|e| e.to_string())?;
+                }
+            }
         }
+        tokio::time::timeout(ENDED_PATIENCE, fut)
+            .await
+            .map_err(|_| "the server closed the connection".to_owned())
     }
 
     /// Sends `req` and reads the whole response.
     async fn request(&mut self, req: Request<B>) -> Result<(StatusCode, Bytes), String> {
-        let Self { sender, conn } = self;
-        Self::drive(conn, sender.ready())
+        let Self {
+            sender,
+            conn,
+            closing,
+            ended,
+        } = self;
+        Self::drive(conn, ended, sender.ready())
             .await?
             .map_err(|e| e.to_string())?;
-        let res = Self::drive(conn, sender.send_request(req))
+        let res = Self::drive(conn, ended, sender.send_request(req))
             .await?
             .map_err(|e| e.to_string())?;
+        *closing = res
+            .headers()
+            .get(CONNECTION)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
         let status = res.status();
-        let body = Self::drive(conn, res.into_body().collect())
+        let body = Self::drive(conn, ended, res.into_body().collect())
             .await?
             .map_err(|e| e.to_string())?
             .to_bytes();
@@ -110,16 +146,28 @@ impl Endpoint {
     }
 
     /// Sends one JSON body on `conn` (opened first if `None`); the
-    /// response's status and body. On an error the connection is dropped,
-    /// so the next request opens a new one.
+    /// response's status and body. On an error, or when the server said it
+    /// closes the connection, the connection is dropped, so the next
+    /// request opens a new one.
     pub(crate) async fn post(
         &self,
         conn: &mut Option<Conn>,
         body: Bytes,
     ) -> Result<(StatusCode, Bytes), String> {
+        self.post_to(conn, self.path.clone(), body).await
+    }
+
+    /// [`Self::post`] to another path and query on the same node (a
+    /// signed Pusher API request differs every time).
+    pub(crate) async fn post_to(
+        &self,
+        conn: &mut Option<Conn>,
+        path: Uri,
+        body: Bytes,
+    ) -> Result<(StatusCode, Bytes), String> {
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = hyper::Method::POST;
-        *req.uri_mut() = self.path.clone();
+        *req.uri_mut() = path;
         let headers = req.headers_mut();
         headers.insert(HOST, self.host.clone());
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -131,7 +179,7 @@ impl Endpoint {
             None => conn.insert(Conn::open(self.addr).await?),
         };
         let res = c.request(req).await;
-        if res.is_err() {
+        if res.is_err() || c.closing || c.ended {
             *conn = None;
         }
         res.map_err(|e| format!("HTTP request to {}: {e}", self.addr))
@@ -229,5 +277,44 @@ mod tests {
             None,
             "the test server never answers a GET"
         );
+    }
+
+    /// A server that answers `Connection: close` and hangs up (as
+    /// Sockudo's API does): the next request opens a new connection
+    /// instead of failing on the closed one.
+    #[tokio::test]
+    async fn a_connection_the_server_closes_is_not_reused() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut buf = vec![0u8; 4096];
+                let mut seen = Vec::new();
+                while !String::from_utf8_lossy(&seen).contains("\r\n\r\n{}") {
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                }
+                let res = "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\n{}";
+                s.write_all(res.as_bytes()).await.unwrap();
+                drop(s);
+            }
+        });
+        let endpoint = Endpoint::new(addr, "/apps/1/events", None).unwrap();
+        let mut conn = None;
+        for i in 0..3 {
+            let path: Uri = format!("/apps/1/events?n={i}").parse().unwrap();
+            let body = Bytes::from_static(b"{}");
+            let (status, _) = endpoint.post_to(&mut conn, path, body).await.unwrap();
+            assert_eq!(status, StatusCode::OK);
+            assert!(conn.is_none(), "a closing connection was kept");
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
 }
