@@ -5,7 +5,7 @@ CARGO ?= cargo
 LISTEN ?= 127.0.0.1:8080
 INTERNAL ?= 127.0.0.1:9090
 
-.PHONY: run build test fmt fmt-check lint unit-test client-test browser-test ensure-redis ensure-node ensure-examples helm-lint bench bench-compare cluster fuzz-smoke
+.PHONY: run build test fmt fmt-check lint unit-test client-test browser-test ensure-redis ensure-node ensure-examples ensure-sockudo helm-lint bench bench-compare cluster fuzz-smoke
 
 ## Build and start a development node (generated secret and API key, printed).
 run:
@@ -89,11 +89,20 @@ bench: ensure-redis
 	$(CARGO) build --release -p fanout -p fanout-bench
 	target/release/fanout-bench suite $(BENCH_ARGS)
 
-## The same scenarios against two fanout nodes and two Socket.IO nodes
-## (socket.io + @socket.io/redis-adapter) on one Redis, with the ratios.
-bench-compare: ensure-redis ensure-node
+## The same scenarios against two fanout nodes, two Socket.IO nodes
+## (socket.io + @socket.io/redis-adapter) and two Sockudo nodes (Pusher
+## protocol, its Redis adapter) on one Redis, with the ratios. Sockudo is
+## built once into ~/.cache/fanout-peers when missing (about 10 minutes;
+## bench/peers/sockudo/README.md).
+bench-compare: ensure-redis ensure-node ensure-sockudo
 	$(CARGO) build --release -p fanout -p fanout-bench
-	target/release/fanout-bench compare $(BENCH_ARGS)
+	bin=$$(bench/peers/sockudo/build.sh) && \
+		target/release/fanout-bench compare --sockudo-bin "$$bin" $(BENCH_ARGS)
+
+# Sockudo, the second benchmark peer: built from crates.io once, into a
+# cache outside the repository; prints nothing when it is there already.
+ensure-sockudo:
+	@bench/peers/sockudo/build.sh >/dev/null
 
 ## helm lint --strict + template + offline schema validation of the chart
 ## (installs helm and kubernetes-validate into a cache when missing).

@@ -1,6 +1,7 @@
 //! One benchmark client connection, inside a worker process: connect from
 //! a chosen loopback source address, authenticate (fanout token or Socket.IO
-//! CONNECT), join a group, then read and record until told to drop or close.
+//! CONNECT; Pusher: subscribe, see `pusher`), join a group, then read and
+//! record until told to drop or close.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -25,6 +26,7 @@ use tokio_tungstenite::{
 
 use crate::{
     control::{ConnectOutcome, ConnectPlan, Target, group, uid},
+    pusher,
     recorder::Recorder,
 };
 
@@ -176,6 +178,7 @@ impl Spec {
         })
     }
 }
+            Target::Pusher => format!("ws://{dst}{}", pusher::ws_path(&plan.secret)),
 
 fn pick(list: &[String], index: u64) -> Option<&String> {
     let n = list.len() as u64;
@@ -246,6 +249,11 @@ async fn open(spec: &Spec) -> Result<Ws, String> {
     Ok(ws)
 }
 
+        Target::Pusher => {
+            let mut channels = vec![pusher::user_channel(&spec.uid)];
+            channels.extend(spec.group.as_deref().map(pusher::group_channel));
+            pusher::handshake(&mut ws, &channels, spec.timeout).await?;
+        }
 async fn send(ws: &mut Ws, text: String) -> Result<(), String> {
     ws.send(Message::text(text))
         .await
@@ -370,6 +378,19 @@ async fn read_loop(
                     }
                 },
                 changed = &mut changed => break changed.is_ok(),
+                    Some(Ok(Message::Text(t))) if spec.target == Target::Pusher => {
+                        let ping = match pusher::parse(&t) {
+                            pusher::Frame::Event(data) => {
+                                shared.recorder.record_frame(&data, conn);
+                                false
+                            }
+                            frame => frame == pusher::Frame::Ping,
+                        };
+                        if ping && send(&mut ws, pusher::PONG.into()).await.is_err() {
+                            shared.recorder.closed(0);
+                            return Ended::Done;
+                        }
+                    }
             }
         }
     };

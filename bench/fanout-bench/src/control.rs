@@ -12,6 +12,9 @@ pub(crate) enum Target {
     Fanout,
     /// Socket.IO v5 over Engine.IO v4, WebSocket transport only.
     Socketio,
+    /// The Pusher Channels protocol 7 (Sockudo): `/app/<key>`, public
+    /// channels, events through the signed HTTP API.
+    Pusher,
 }
 
 impl Target {
@@ -19,6 +22,7 @@ impl Target {
         match self {
             Self::Fanout => "fanout",
             Self::Socketio => "socketio",
+            Self::Pusher => "pusher",
         }
     }
 }
@@ -36,7 +40,8 @@ pub(crate) struct ConnectPlan {
     pub(crate) first: u64,
     pub(crate) count: u64,
     pub(crate) group_size: u64,
-    /// HS256 secret for fanout tokens (unused for Socket.IO).
+    /// HS256 secret for fanout tokens; for Pusher, the app key the URL
+    /// names (public); unused for Socket.IO.
     pub(crate) secret: String,
     pub(crate) concurrency: usize,
     pub(crate) connect_timeout_ms: u64,

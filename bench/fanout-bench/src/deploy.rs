@@ -1,6 +1,7 @@
 //! Deployments the suites start for themselves: a redis-server on a free
 //! port (`fanout-testkit`, the launcher the integration tests use too),
-//! fanout nodes, Socket.IO nodes. Every process is killed on drop.
+//! fanout nodes, Socket.IO nodes, Sockudo nodes. Every process is killed on
+//! drop.
 
 use std::{
     io::{BufRead, BufReader},
@@ -87,7 +88,7 @@ pub(crate) struct Node {
     pub(crate) proc_: Proc,
     pub(crate) addr: SocketAddr,
     /// How a fanout node was started, to start it again on the same ports
-    /// (`None` for the Socket.IO peer).
+    /// (`None` for the peers).
     launch: Option<Launch>,
 }
 
@@ -255,6 +256,77 @@ pub(crate) async fn socketio(
         .context("socket.io node did not report its port")?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     wait_ready(&mut proc_, addr, "/healthz").await?;
+    Ok(Node {
+        proc_,
+        addr,
+        launch: None,
+    })
+}
+
+/// The Sockudo release `bench/peers/sockudo/build.sh` installs (keep the
+/// two in step; a test checks they are).
+pub(crate) const SOCKUDO_VERSION: &str = "5.2.0";
+
+/// Where `bench/peers/sockudo/build.sh` installs Sockudo:
+/// `${FANOUT_PEER_CACHE:-$HOME/.cache/fanout-peers}/sockudo-<version>/bin/sockudo`.
+pub(crate) fn default_sockudo_bin() -> Option<PathBuf> {
+    let cache = match std::env::var_os("FANOUT_PEER_CACHE") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(std::env::var_os("HOME")?).join(".cache/fanout-peers"),
+    };
+    Some(
+        cache
+            .join(format!("sockudo-{SOCKUDO_VERSION}"))
+            .join("bin/sockudo"),
+    )
+}
+
+/// Starts a Sockudo node with `config` (the committed
+/// `bench/peers/sockudo/sockudo.toml`) on free ports, its Redis adapter on
+/// `redis`; ready once `GET /up/<app id>` answers 200, which needs the app
+/// of the file: Sockudo falls back to its defaults, silently, when it cannot
+/// read the file.
+pub(crate) async fn sockudo(
+    bin: &Path,
+    config: &Path,
+    id: &str,
+    redis: &str,
+    app_id: &str,
+) -> anyhow::Result<Node> {
+    let (port, metrics) = (free_port()?, free_port()?);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let config = config
+        .canonicalize()
+        .with_context(|| format!("Sockudo's configuration {}", config.display()))?;
+    // Sockudo reads `config/config.{toml,json}` from its working directory
+    // before `--config`, and many environment variables after it: a
+    // directory with neither, and only the variables that differ per node.
+    let dir = config.parent().context("the configuration's directory")?;
+    let mut cmd = Command::new(bin);
+    cmd.env_clear()
+        .current_dir(dir)
+        .arg("--config")
+        .arg(&config)
+        .env("PORT", port.to_string())
+        .env("METRICS_PORT", metrics.to_string())
+        .env("REDIS_URL", redis)
+        .env("INSTANCE_PROCESS_ID", id)
+        .env("RUST_LOG", "warn")
+        .env("LOG_COLORS_ENABLED", "false")
+        // It logs to stdout, where the bench's report goes.
+        .stdout(Stdio::from(std::io::stderr()))
+        .stderr(Stdio::inherit());
+    let child = cmd.spawn().with_context(|| {
+        format!(
+            "starting {} (bench/peers/sockudo/build.sh builds it)",
+            bin.display()
+        )
+    })?;
+    let mut proc_ = Proc {
+        child,
+        name: format!("sockudo {id}"),
+    };
+    wait_ready(&mut proc_, addr, &format!("/up/{app_id}")).await?;
     Ok(Node {
         proc_,
         addr,

@@ -1,5 +1,6 @@
-//! `fanout-bench`: drives a fanout deployment (or the Socket.IO peer in
-//! `bench/peers/socketio/`) over real WebSocket connections and reports
+//! `fanout-bench`: drives a fanout deployment (or a peer: the Socket.IO
+//! server in `bench/peers/socketio/`, Sockudo or any Pusher-protocol server,
+//! see `bench/peers/sockudo/`) over real WebSocket connections and reports
 //! connections held, memory, CPU, fan-out throughput and latency.
 //!
 //! The coordinator (this process) publishes and measures; worker processes
@@ -11,14 +12,17 @@
 //! - `control`: the coordinator ↔ worker protocol (JSON lines).
 //! - `worker`, `client`, `recorder`: the worker process, one connection,
 //!   delivery accounting.
+//! - `pusher`: the Pusher protocol's frames and handshake, and its signed
+//!   HTTP API requests (`--target pusher`).
 //! - `pool`: the coordinator's handle on its workers.
 //! - `http`: keep-alive HTTP/1.1 connections on hyper's client.
 //! - `publish`: HTTP and Redis publishers and the rate driver.
 //! - `scenario`: idle, broadcast, steady, storm, publish-api.
 //! - `rolling`, `resume`, `ledger`: the rolling-restart scenario, its
 //!   resuming WebSocket and SSE clients, and what they keep and count.
-//! - `deploy`, `suite`: the default suite and the Socket.IO comparison,
-//!   which start their own Redis and nodes.
+//! - `deploy`, `suite`, `compare`: the default suite and the comparison
+//!   with the peers (Socket.IO, Sockudo), which start their own Redis and
+//!   nodes.
 //! - `soak`, `trend`: the long run on its own two nodes (resuming clients
 //!   reconnecting at a trickle) and its verdict on what keeps growing.
 //! - `procstat`, `report`: /proc readings; tables and JSON.
@@ -29,6 +33,7 @@
 )]
 
 mod client;
+mod compare;
 mod control;
 mod deploy;
 mod http;
@@ -36,6 +41,7 @@ mod ledger;
 mod pool;
 mod procstat;
 mod publish;
+mod pusher;
 mod recorder;
 mod report;
 mod resume;
@@ -188,7 +194,7 @@ enum Cmd {
     },
     /// The default suite (`make bench`): starts Redis and fanout nodes itself.
     Suite(suite::SuiteArgs),
-    /// fanout and Socket.IO side by side on one Redis (`make bench-compare`).
+    /// fanout, Socket.IO and Sockudo side by side on one Redis (`make bench-compare`).
     Compare(suite::SuiteArgs),
     /// A long run on two nodes it starts itself: steady publishing,
     /// clients reconnecting at a trickle; fails if a node's memory, open
@@ -238,6 +244,21 @@ struct Deployment {
         default_value = ""
     )]
     api_key: String,
+    /// The Pusher app's id (`--target pusher`; default: the app of
+    /// bench/peers/sockudo/sockudo.toml).
+    #[arg(long, env = "PUSHER_APP_ID", default_value = pusher::APP_ID)]
+    pusher_app_id: String,
+    /// The Pusher app's key (clients connect to /app/<key>).
+    #[arg(long, env = "PUSHER_APP_KEY", default_value = pusher::APP_KEY)]
+    pusher_app_key: String,
+    /// The Pusher app's secret (signs the publish requests).
+    #[arg(
+        long,
+        env = "PUSHER_APP_SECRET",
+        hide_env_values = true,
+        default_value = pusher::APP_SECRET
+    )]
+    pusher_app_secret: String,
     /// Redis URL: for `--via redis` and for counting Redis commands in `storm`.
     #[arg(long)]
     redis: Option<String>,
@@ -354,6 +375,11 @@ impl Deployment {
             redis_pid: self.redis_pid,
             secret: self.jwt_secret.clone(),
             api_key: self.api_key.clone(),
+            pusher: pusher::App {
+                id: self.pusher_app_id.clone(),
+                key: self.pusher_app_key.clone(),
+                secret: self.pusher_app_secret.clone(),
+            },
             redis: self.redis.clone(),
             prefix: self.prefix.clone(),
             via_redis: self.via != Via::Api,
@@ -404,7 +430,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         Cmd::Suite(args) => return suite::suite(&args).await,
-        Cmd::Compare(args) => return suite::compare(&args).await,
+        Cmd::Compare(args) => return compare::compare(&args).await,
         Cmd::Soak(args) => return soak::soak(&args).await,
         Cmd::Idle {
             deployment,
@@ -535,4 +561,9 @@ pub(crate) fn print(outcomes: &[Outcome], json: bool) -> anyhow::Result<()> {
 /// Paths the suites need.
 pub(crate) fn default_socketio_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../peers/socketio")
+}
+
+/// The committed configuration of the bench's Sockudo nodes.
+pub(crate) fn default_sockudo_config() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../peers/sockudo/sockudo.toml")
 }

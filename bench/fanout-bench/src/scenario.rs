@@ -18,6 +18,7 @@ use crate::{
     pool::Pool,
     procstat::{CpuMeter, total_rss},
     publish::{Dest, Drive, Publisher, Sent, drive},
+    pusher,
     recorder::{latency_hist, pairs_into_hist, unix_us},
     report::{Accounting, Outcome},
 };
@@ -37,6 +38,9 @@ pub(crate) struct Env {
     pub(crate) redis_pid: Option<u32>,
     pub(crate) secret: String,
     pub(crate) api_key: String,
+    /// The Pusher app (`--target pusher`): its key in the clients' URL,
+    /// its id and secret for the signed publish requests.
+    pub(crate) pusher: pusher::App,
     /// Redis URL for publishing straight to Redis and counting commands.
     pub(crate) redis: Option<String>,
     pub(crate) prefix: String,
@@ -68,7 +72,10 @@ impl Env {
             first: 0,
             count,
             group_size,
-            secret: self.secret.clone(),
+            secret: match self.target {
+                Target::Pusher => self.pusher.key.clone(),
+                Target::Fanout | Target::Socketio => self.secret.clone(),
+            },
             concurrency: self.connect_concurrency,
             connect_timeout_ms: 30_000,
         }
@@ -80,6 +87,9 @@ impl Env {
             return Ok(Arc::new(
                 Publisher::redis(url, &self.prefix, self.redis_fcall).await?,
             ));
+        }
+        if self.target == Target::Pusher {
+            return Ok(Arc::new(Publisher::pusher(&self.nodes, &self.pusher)?));
         }
         if self.target == Target::Fanout && self.api_key.is_empty() {
             bail!("--api-key (or FANOUT_API_KEY) is required to publish through fanout's API");
@@ -685,7 +695,9 @@ pub(crate) async fn publish_api(env: &Env, o: ApiOpts) -> anyhow::Result<Outcome
         bail!("--users-per-publish must be between 1 and --users ({users}), not {n}");
     }
     if n > 1 && env.target != Target::Fanout {
-        bail!("--users-per-publish > 1 needs --target fanout (the Socket.IO peer takes one user)");
+        bail!(
+            "--users-per-publish > 1 needs --target fanout (the peers take one user per request)"
+        );
     }
     let each = if n == 1 {
         format!("each to one of {users} connected users")

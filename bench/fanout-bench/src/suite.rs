@@ -1,18 +1,19 @@
-//! `fanout-bench suite` (`make bench`) and `fanout-bench compare`
-//! (`make bench-compare`): start a Redis and the nodes each scenario needs,
-//! run the scenarios sized for a 2-core machine, print one table.
+//! `fanout-bench suite` (`make bench`): start a Redis and the nodes each
+//! scenario needs, run the scenarios sized for a 2-core machine, print one
+//! table. Its options serve `compare` (`make bench-compare`) too.
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::Args;
 use fanout_testkit::RedisServer;
-use serde::Serialize;
 
 use crate::{
     LoadArgs,
+    compare::Peer,
     control::Target,
     deploy::{self, API_KEY, Node, SECRET, find_bin},
-    report::{Goal, Outcome, fmt_num},
+    pusher,
+    report::{Goal, Outcome},
     rolling::{self, Restarts, RollingOpts},
     scenario::{self, ApiOpts, BroadcastOpts, Env, SteadyOpts},
 };
@@ -21,7 +22,7 @@ use crate::{
 pub(crate) struct SuiteArgs {
     /// Small sizes and short windows: proves every scenario works (CI's smoke run).
     #[arg(long)]
-    quick: bool,
+    pub(crate) quick: bool,
     /// Run only these scenarios (comma-separated names from the table's
     /// first column, e.g. `broadcast,storm`; suite also knows
     /// `broadcast-paced`, `broadcast-redis`, `publish-api-1000`,
@@ -30,21 +31,33 @@ pub(crate) struct SuiteArgs {
     only: Vec<String>,
     /// The fanout binary (default: next to fanout-bench, else on PATH).
     #[arg(long)]
-    fanout_bin: Option<PathBuf>,
+    pub(crate) fanout_bin: Option<PathBuf>,
     /// The redis-server binary.
     #[arg(long, env = "REDIS_SERVER_BIN")]
     redis_server_bin: Option<PathBuf>,
     /// The Node.js binary for the Socket.IO peer.
     #[arg(long, default_value = "node")]
-    node_bin: PathBuf,
+    pub(crate) node_bin: PathBuf,
     /// The Socket.IO peer's directory (default: bench/peers/socketio of this source tree).
     #[arg(long)]
-    socketio_dir: Option<PathBuf>,
+    pub(crate) socketio_dir: Option<PathBuf>,
+    /// compare: the peers beside fanout (default: socketio, and sockudo
+    /// when its binary is found).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub(crate) peers: Vec<Peer>,
+    /// compare: the Sockudo binary (default: where
+    /// bench/peers/sockudo/build.sh installs it,
+    /// ${FANOUT_PEER_CACHE:-$HOME/.cache/fanout-peers}/sockudo-<version>/bin).
+    #[arg(long, env = "SOCKUDO_BIN")]
+    pub(crate) sockudo_bin: Option<PathBuf>,
+    /// compare: Sockudo's configuration (default: bench/peers/sockudo/sockudo.toml).
+    #[arg(long)]
+    pub(crate) sockudo_config: Option<PathBuf>,
     #[command(flatten)]
     load: LoadArgs,
     /// Print JSON instead of tables.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// A deployment started for one or more scenarios; dropped, it stops.
@@ -56,7 +69,7 @@ struct Deployed {
 
 impl SuiteArgs {
     /// Refuses `--only` names this command does not know.
-    fn check_only(&self, known: &[&str]) -> anyhow::Result<()> {
+    pub(crate) fn check_only(&self, known: &[&str]) -> anyhow::Result<()> {
         for name in &self.only {
             if !known.contains(&name.as_str()) {
                 anyhow::bail!(
@@ -68,11 +81,11 @@ impl SuiteArgs {
         Ok(())
     }
 
-    fn wants(&self, name: &str) -> bool {
+    pub(crate) fn wants(&self, name: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|o| o == name)
     }
 
-    fn env(&self, target: Target, nodes: &[Node], redis: Option<&RedisServer>) -> Env {
+    pub(crate) fn env(&self, target: Target, nodes: &[Node], redis: Option<&RedisServer>) -> Env {
         Env {
             target,
             nodes: nodes.iter().map(|n| n.addr).collect(),
@@ -80,6 +93,7 @@ impl SuiteArgs {
             redis_pid: redis.and_then(RedisServer::pid),
             secret: SECRET.into(),
             api_key: API_KEY.into(),
+            pusher: pusher::App::default(),
             redis: redis.map(RedisServer::url),
             prefix: "fanout".into(),
             via_redis: false,
@@ -96,7 +110,7 @@ impl SuiteArgs {
         }
     }
 
-    fn redis(&self) -> anyhow::Result<RedisServer> {
+    pub(crate) fn redis(&self) -> anyhow::Result<RedisServer> {
         deploy::redis(&find_bin(self.redis_server_bin.as_deref(), "redis-server"))
     }
 
@@ -253,7 +267,7 @@ impl Sizes {
     }
 }
 
-fn progress(step: &str) {
+pub(crate) fn progress(step: &str) {
     eprintln!("fanout-bench: {step} …");
 }
 
@@ -265,7 +279,7 @@ async fn pause(quick: bool) {
 }
 
 /// Runs one scenario; a failure becomes an outcome holding the error.
-async fn attempt(
+pub(crate) async fn attempt(
     scenario: &'static str,
     target: Target,
     run: impl Future<Output = anyhow::Result<Outcome>>,
@@ -598,223 +612,4 @@ pub(crate) async fn suite(args: &SuiteArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
-}
-
-/// One line of the comparison: fanout's value over Socket.IO's.
-#[derive(Debug, Serialize)]
-struct Ratio {
-    scenario: &'static str,
-    metric: String,
-    unit: &'static str,
-    fanout: f64,
-    socketio: f64,
-    /// fanout ÷ Socket.IO.
-    ratio: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    goal: Option<Goal>,
-}
-
-pub(crate) async fn compare(args: &SuiteArgs) -> anyhow::Result<ExitCode> {
-    args.check_only(&["idle", "broadcast", "steady", "storm", "publish-api"])?;
-    let quick = args.quick;
-    let redis = args.redis()?;
-    let fanout_bin = find_bin(args.fanout_bin.as_deref(), "fanout");
-    let dir = args
-        .socketio_dir
-        .clone()
-        .unwrap_or_else(crate::default_socketio_dir);
-    let url = redis.url();
-    let (mut fanout_nodes, mut sio_nodes) = (Vec::new(), Vec::new());
-    for i in 1..=2 {
-        let id = format!("bench{i}");
-        fanout_nodes.push(deploy::fanout(&fanout_bin, &id, Some(&url), &[]).await?);
-    }
-    for i in 1..=2 {
-        let id = format!("sio{i}");
-        sio_nodes.push(deploy::socketio(&args.node_bin, &dir, &id, Some(&url)).await?);
-    }
-    let envs = [
-        args.env(Target::Fanout, &fanout_nodes, Some(&redis)),
-        args.env(Target::Socketio, &sio_nodes, Some(&redis)),
-    ];
-    let (idle, settle, window) = if quick {
-        (200, Duration::from_millis(500), Duration::from_secs(1))
-    } else {
-        (10_000, Duration::from_secs(5), Duration::from_secs(30))
-    };
-    let broadcast = BroadcastOpts {
-        connections: if quick { 200 } else { 5_000 },
-        messages: if quick { 10 } else { 100 },
-        rate: 0.0,
-        pad: 40,
-        to_all: false,
-        in_flight: 4,
-    };
-    let steady = SteadyOpts {
-        users: if quick { 200 } else { 5_000 },
-        rate: if quick { 200.0 } else { 2_000.0 },
-        duration: Duration::from_secs(if quick { 2 } else { 10 }),
-        group_percent: 10,
-        group_size: 50,
-        pad: 40,
-        seed: 1,
-    };
-    let (storm, down) = if quick {
-        (200, Duration::from_millis(1500))
-    } else {
-        (5_000, Duration::from_secs(2))
-    };
-    let (api_users, in_flight, api_for) = if quick {
-        (100, 8, Duration::from_secs(2))
-    } else {
-        (1_000, 32, Duration::from_secs(10))
-    };
-
-    let mut out = Vec::new();
-    for name in ["idle", "broadcast", "steady", "storm", "publish-api"] {
-        if !args.wants(name) {
-            continue;
-        }
-        for env in &envs {
-            progress(&format!("{name} on {}", env.target.name()));
-            let o = match name {
-                "idle" => {
-                    attempt(name, env.target, scenario::idle(env, idle, settle, window)).await
-                }
-                "broadcast" => attempt(name, env.target, scenario::broadcast(env, broadcast)).await,
-                "steady" => attempt(name, env.target, scenario::steady(env, steady)).await,
-                "storm" => attempt(name, env.target, scenario::storm(env, storm, down)).await,
-                _ => {
-                    attempt(
-                        "publish-api",
-                        env.target,
-                        scenario::publish_api(
-                            env,
-                            ApiOpts {
-                                users: api_users,
-                                users_per_publish: 1,
-                                in_flight,
-                                duration: api_for,
-                            },
-                        ),
-                    )
-                    .await
-                }
-            };
-            out.push(o);
-            // Let the nodes finish what the run left behind (unsubscribing
-            // after the linger) before the next run measures Redis.
-            tokio::time::sleep(Duration::from_secs(if quick { 1 } else { 2 })).await;
-        }
-    }
-
-    let ratios = ratios(&out, !quick);
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "results": out, "ratios": ratios }))?
-        );
-    } else {
-        crate::print(&out, false)?;
-        println!();
-        print!("{}", ratio_table(&ratios));
-    }
-    drop(sio_nodes);
-    drop(fanout_nodes);
-    Ok(if failed(&out) {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
-}
-
-fn ratios(out: &[Outcome], goals: bool) -> Vec<Ratio> {
-    let mut ratios = Vec::new();
-    for f in out.iter().filter(|o| o.target == "fanout") {
-        let Some(s) = out
-            .iter()
-            .find(|o| o.target == "socketio" && o.scenario == f.scenario)
-        else {
-            continue;
-        };
-        for m in &f.metrics {
-            let Some(theirs) = s.get(&m.name) else {
-                continue;
-            };
-            let goal = match m.name.as_str() {
-                "deliveries/s" if f.scenario == "broadcast" => Some(Goal::AtLeast(5.0)),
-                "latency p99" if f.scenario == "broadcast" => Some(Goal::AtMost(1.0)),
-                "server RSS per connection" => Some(Goal::AtMost(0.5)),
-                _ => None,
-            };
-            ratios.push(Ratio {
-                scenario: f.scenario,
-                metric: m.name.clone(),
-                unit: m.unit,
-                fanout: m.value,
-                socketio: theirs,
-                ratio: if theirs == 0.0 {
-                    f64::NAN
-                } else {
-                    m.value / theirs
-                },
-                goal: goal.filter(|_| goals),
-            });
-        }
-    }
-    ratios
-}
-
-fn ratio_table(ratios: &[Ratio]) -> String {
-    let mut rows = vec![[
-        "scenario".to_owned(),
-        "metric".into(),
-        "fanout".into(),
-        "socket.io".into(),
-        "fanout ÷ socket.io".into(),
-        "goal".into(),
-    ]];
-    for r in ratios {
-        let goal = r.goal.map_or(String::new(), |g| {
-            let (text, met) = match g {
-                Goal::AtLeast(b) => (format!("≥ {b}×"), r.ratio >= b),
-                Goal::AtMost(b) => (format!("≤ {b}×"), r.ratio <= b),
-            };
-            format!("{text} {}", if met { "ok" } else { "MISSED" })
-        });
-        rows.push([
-            r.scenario.to_owned(),
-            r.metric.clone(),
-            format!("{} {}", fmt_num(r.fanout), r.unit),
-            format!("{} {}", fmt_num(r.socketio), r.unit),
-            if r.ratio.is_finite() {
-                format!("{:.2}", r.ratio)
-            } else {
-                "n/a".into()
-            },
-            goal,
-        ]);
-    }
-    let mut widths = [0usize; 6];
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let mut s = String::new();
-    for (i, r) in rows.iter().enumerate() {
-        let cells: Vec<String> = r
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        s.push_str(cells.join(" | ").trim_end());
-        s.push('\n');
-        if i == 0 {
-            let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
-            s.push_str(&rule.join("-|-"));
-            s.push('\n');
-        }
-    }
-    s
 }

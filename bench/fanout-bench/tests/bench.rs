@@ -217,7 +217,8 @@ fn the_comparison_runs_against_socketio_on_the_same_redis() {
         eprintln!("SKIPPED: node or the Socket.IO peer's packages are missing (run `make test`)");
         return;
     }
-    let (ok, json) = run_quick(&["compare"]);
+    // Sockudo, when built, has a test of its own (tests/sockudo.rs).
+    let (ok, json) = run_quick(&["compare", "--peers", "socketio"]);
     let results = json["results"].as_array().unwrap();
     for scenario in ["idle", "broadcast", "steady", "storm", "publish-api"] {
         for target in ["fanout", "socketio"] {

@@ -22,6 +22,7 @@ use self::redis::RedisTarget;
 use crate::{
     control::{Target, uid},
     http::{Conn, Endpoint},
+    pusher,
     recorder::{latency_hist, unix_us},
 };
 
@@ -64,11 +65,14 @@ pub(crate) enum Publisher {
 }
 
 /// Publish endpoints of the nodes, used round robin: fanout's
-/// `POST /api/publish`, or the Socket.IO peer's `POST /publish`.
+/// `POST /api/publish`, the Socket.IO peer's `POST /publish`, or Pusher's
+/// `POST /apps/<id>/events` (signed per request).
 #[derive(Debug)]
 pub(crate) struct HttpPublisher {
     target: Target,
     endpoints: Vec<Endpoint>,
+    /// The app a Pusher publisher signs its requests for.
+    pusher: Option<pusher::App>,
     /// Retries over the other nodes, with idempotency keys (`rolling`).
     retry: Option<Retry>,
     /// Set by whoever drives a run that ends on its own schedule (`rolling`);
@@ -100,6 +104,7 @@ impl Publisher {
         let (path, key) = match target {
             Target::Fanout => ("/api/publish", Some(api_key)),
             Target::Socketio => ("/publish", None),
+            Target::Pusher => anyhow::bail!("a Pusher publisher needs its app: Publisher::pusher"),
         };
         let endpoints = nodes
             .iter()
@@ -109,6 +114,7 @@ impl Publisher {
         Ok(Self::Http(Arc::new(HttpPublisher {
             target,
             endpoints,
+            pusher: None,
             retry: None,
             stop: AtomicBool::new(false),
             retried: AtomicU64::new(0),
@@ -131,6 +137,7 @@ impl Publisher {
         Ok(Arc::new(HttpPublisher {
             target: Target::Fanout,
             endpoints,
+            pusher: None,
             retry: Some(Retry {
                 run: format!("bench-{}", unix_us()),
                 attempts: attempts.max(1),
@@ -138,6 +145,25 @@ impl Publisher {
             stop: AtomicBool::new(false),
             retried: AtomicU64::new(0),
         }))
+    }
+
+    /// Publishes through Pusher's HTTP API (`POST /apps/<id>/events`),
+    /// each request signed with the app's secret.
+    pub(crate) fn pusher(nodes: &[SocketAddr], app: &pusher::App) -> anyhow::Result<Self> {
+        let path = pusher::events_path(app);
+        let endpoints = nodes
+            .iter()
+            .map(|a| Endpoint::new(*a, &path, None))
+            .collect::<anyhow::Result<_>>()
+            .with_context(|| format!("app id {:?}: not a valid path", app.id))?;
+        Ok(Self::Http(Arc::new(HttpPublisher {
+            target: Target::Pusher,
+            endpoints,
+            pusher: Some(app.clone()),
+            retry: None,
+            stop: AtomicBool::new(false),
+            retried: AtomicU64::new(0),
+        })))
     }
 
     /// Publishes straight to Redis: `PUBLISH`, or with `fcall` the
@@ -152,6 +178,7 @@ impl Publisher {
     pub(crate) fn via(&self) -> &'static str {
         match self {
             Self::Http(h) if h.target == Target::Fanout => "POST /api/publish",
+            Self::Http(h) if h.target == Target::Pusher => "POST /apps/<id>/events",
             Self::Http(_) => "POST /publish",
             Self::Redis(r) if r.fcall() => "Redis FCALL fanout_publish",
             Self::Redis(_) => "Redis PUBLISH",
@@ -211,6 +238,19 @@ impl HttpPublisher {
                 };
                 format!(r#"{{{to}"event":"new_msg","content":{payload}}}"#)
             }
+            Target::Pusher => {
+                let channel = match dest {
+                    Dest::User(i) => pusher::user_channel(&uid(i)),
+                    Dest::Group(g) => pusher::group_channel(&format!("g{g}")),
+                    Dest::Users { .. } | Dest::All => {
+                        return Err(
+                            "the Pusher target publishes to one user or one group per request"
+                                .into(),
+                        );
+                    }
+                };
+                pusher::event_body(&[channel], payload)?
+            }
         };
         Ok(body.into())
     }
@@ -231,7 +271,14 @@ impl HttpPublisher {
             let (Some(endpoint), Some(conn)) = (self.endpoints.get(k), conns.get_mut(k)) else {
                 return Err("no node to publish to".into());
             };
-            return expect_ok(endpoint.post(conn, body).await?);
+            let res = match &self.pusher {
+                Some(app) => {
+                    let uri = signed(app, &body)?;
+                    endpoint.post_to(conn, uri, body).await?
+                }
+                None => endpoint.post(conn, body).await?,
+            };
+            return expect_ok(res);
         };
         let mut last = String::new();
         for attempt in 0..u64::from(retry.attempts) {
@@ -262,6 +309,14 @@ impl HttpPublisher {
             retry.attempts
         ))
     }
+}
+
+/// The signed path and query of a Pusher events request carrying `body`.
+fn signed(app: &pusher::App, body: &[u8]) -> Result<hyper::Uri, String> {
+    let now = unix_us() / 1_000_000;
+    pusher::signed_uri(app, &pusher::events_path(app), body, now)?
+        .parse()
+        .map_err(|e| format!("signed URI: {e}"))
 }
 
 fn expect_ok((status, body): (StatusCode, Bytes)) -> Result<(), String> {
