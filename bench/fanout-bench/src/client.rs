@@ -13,6 +13,7 @@ use std::{
 };
 
 use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::{
@@ -27,7 +28,7 @@ use tokio_tungstenite::{
 use crate::{
     control::{ConnectOutcome, ConnectPlan, Target, group, uid},
     pusher,
-    recorder::Recorder,
+    recorder::{Recorder, hist_to_pairs, latency_hist},
 };
 
 type Ws = WebSocketStream<TcpStream>;
@@ -58,6 +59,8 @@ struct Tally {
     errors: Vec<String>,
     started: Instant,
     last: Instant,
+    /// Time to ready of each connection that opened, in µs.
+    ready: Histogram<u64>,
 }
 
 impl Shared {
@@ -74,6 +77,7 @@ impl Shared {
                 errors: Vec::new(),
                 started: now,
                 last: now,
+                ready: latency_hist(),
             }),
         }
     }
@@ -88,7 +92,14 @@ impl Shared {
             errors: Vec::new(),
             started: now,
             last: now,
+            ready: latency_hist(),
         };
+    }
+
+    /// Records how long a connection took from TCP connect to ready.
+    pub(crate) fn ready_after(&self, took: Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let _ = self.outcomes.lock().ready.record(us.max(1));
     }
 
     pub(crate) fn outcome(&self, result: Result<(), String>) {
@@ -116,6 +127,7 @@ impl Shared {
                         failed: t.failed,
                         errors: t.errors.clone(),
                         elapsed_ms: t.last.duration_since(t.started).as_millis() as u64,
+                        ready_us: hist_to_pairs(&t.ready),
                     };
                 }
             }
@@ -165,6 +177,7 @@ impl Spec {
                 format!("ws://{dst}/ws?token={token}")
             }
             Target::Socketio => format!("ws://{dst}/socket.io/?EIO=4&transport=websocket"),
+            Target::Pusher => format!("ws://{dst}{}", pusher::ws_path(&plan.secret)),
         };
         Ok(Self {
             target: plan.target,
@@ -178,7 +191,6 @@ impl Spec {
         })
     }
 }
-            Target::Pusher => format!("ws://{dst}{}", pusher::ws_path(&plan.secret)),
 
 fn pick(list: &[String], index: u64) -> Option<&String> {
     let n = list.len() as u64;
@@ -236,6 +248,11 @@ async fn open(spec: &Spec) -> Result<Ws, String> {
                 expect_text(&mut ws, spec, |t| t.contains("\"type\":\"joined\"")).await?;
             }
         }
+        Target::Pusher => {
+            let mut channels = vec![pusher::user_channel(&spec.uid)];
+            channels.extend(spec.group.as_deref().map(pusher::group_channel));
+            pusher::handshake(&mut ws, &channels, spec.timeout).await?;
+        }
         Target::Socketio => {
             expect_text(&mut ws, spec, |t| t.starts_with("0{")).await?;
             send(&mut ws, format!(r#"40{{"uid":"{}"}}"#, spec.uid)).await?;
@@ -249,11 +266,6 @@ async fn open(spec: &Spec) -> Result<Ws, String> {
     Ok(ws)
 }
 
-        Target::Pusher => {
-            let mut channels = vec![pusher::user_channel(&spec.uid)];
-            channels.extend(spec.group.as_deref().map(pusher::group_channel));
-            pusher::handshake(&mut ws, &channels, spec.timeout).await?;
-        }
 async fn send(ws: &mut Ws, text: String) -> Result<(), String> {
     ws.send(Message::text(text))
         .await
@@ -306,6 +318,14 @@ enum Ended {
     Done,
 }
 
+/// [`open`], recording the time to ready of a connection that opened.
+async fn timed_open(spec: &Spec, shared: &Shared) -> Result<Ws, String> {
+    let started = Instant::now();
+    let ws = open(spec).await?;
+    shared.ready_after(started.elapsed());
+    Ok(ws)
+}
+
 /// One connection for the whole run: connect, read and record, reconnect
 /// after each storm, until the run closes or the server ends it.
 pub(crate) async fn run(spec: Spec, shared: Arc<Shared>, gate: Arc<Semaphore>) {
@@ -316,9 +336,9 @@ pub(crate) async fn run(spec: Spec, shared: Arc<Shared>, gate: Arc<Semaphore>) {
         let opened = if first {
             // The initial connect is paced by the gate; storms are not.
             let _permit = gate.acquire().await;
-            open(&spec).await
+            timed_open(&spec, &shared).await
         } else {
-            open(&spec).await
+            timed_open(&spec, &shared).await
         };
         first = false;
         let ws = match opened {
@@ -357,6 +377,19 @@ async fn read_loop(
         loop {
             tokio::select! {
                 msg = ws.next() => match msg {
+                    Some(Ok(Message::Text(t))) if spec.target == Target::Pusher => {
+                        let ping = match pusher::parse(&t) {
+                            pusher::Frame::Event(data) => {
+                                shared.recorder.record_frame(&data, conn);
+                                false
+                            }
+                            frame => frame == pusher::Frame::Ping,
+                        };
+                        if ping && send(&mut ws, pusher::PONG.into()).await.is_err() {
+                            shared.recorder.closed(0);
+                            return Ended::Done;
+                        }
+                    }
                     Some(Ok(Message::Text(t))) => {
                         if !shared.recorder.record_frame(&t, conn)
                             && spec.target == Target::Socketio
@@ -378,19 +411,6 @@ async fn read_loop(
                     }
                 },
                 changed = &mut changed => break changed.is_ok(),
-                    Some(Ok(Message::Text(t))) if spec.target == Target::Pusher => {
-                        let ping = match pusher::parse(&t) {
-                            pusher::Frame::Event(data) => {
-                                shared.recorder.record_frame(&data, conn);
-                                false
-                            }
-                            frame => frame == pusher::Frame::Ping,
-                        };
-                        if ping && send(&mut ws, pusher::PONG.into()).await.is_err() {
-                            shared.recorder.closed(0);
-                            return Ended::Done;
-                        }
-                    }
             }
         }
     };

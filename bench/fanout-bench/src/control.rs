@@ -160,6 +160,11 @@ pub(crate) struct ConnectOutcome {
     pub(crate) errors: Vec<String>,
     /// Milliseconds from the command to the last connection's outcome.
     pub(crate) elapsed_ms: u64,
+    /// Time from opening the TCP connection to being ready (fanout:
+    /// `welcome`, then `joined` for a client in a group; Socket.IO: the
+    /// namespace's connect packet, then the join's ack): `[µs, count]` pairs.
+    #[serde(default)]
+    pub(crate) ready_us: Vec<(u64, u64)>,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]

@@ -190,6 +190,7 @@ fn merge_outcomes(events: Vec<Event>) -> anyhow::Result<ConnectOutcome> {
         total.ok += o.ok;
         total.failed += o.failed;
         total.elapsed_ms = total.elapsed_ms.max(o.elapsed_ms);
+        total.ready_us.extend(o.ready_us);
         for err in o.errors {
             if total.errors.len() < 5 && !total.errors.contains(&err) {
                 total.errors.push(err);

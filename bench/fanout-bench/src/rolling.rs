@@ -176,7 +176,11 @@ pub(crate) async fn rolling(
     }
     let mut loadgen = pool.pids();
     loadgen.push(std::process::id());
-    let mut load = Load { pool, loadgen };
+    let mut load = Load {
+        pool,
+        loadgen,
+        connected: opened,
+    };
     load.pool.phase(0, cap).await?;
     let meter = load.meter(env);
 

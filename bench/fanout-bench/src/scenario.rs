@@ -14,7 +14,7 @@ use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 use crate::{
-    control::{ConnectPlan, PhaseReport, Target},
+    control::{ConnectOutcome, ConnectPlan, PhaseReport, Target},
     pool::Pool,
     procstat::{CpuMeter, total_rss},
     publish::{Dest, Drive, Publisher, Sent, drive},
@@ -119,6 +119,8 @@ impl Env {
 pub(crate) struct Load {
     pub(crate) pool: Pool,
     pub(crate) loadgen: Vec<u32>,
+    /// How the initial connections went (with their time to ready).
+    pub(crate) connected: ConnectOutcome,
 }
 
 async fn connect(env: &Env, count: u64, group_size: u64) -> anyhow::Result<Load> {
@@ -139,7 +141,18 @@ async fn connect(env: &Env, count: u64, group_size: u64) -> anyhow::Result<Load>
     }
     let mut loadgen = pool.pids();
     loadgen.push(std::process::id());
-    Ok(Load { pool, loadgen })
+    Ok(Load {
+        pool,
+        loadgen,
+        connected: outcome,
+    })
+}
+
+/// p50 and p99 of the connections' time from TCP connect to ready.
+fn ready_percentiles(out: &mut Outcome, name: &str, connected: &ConnectOutcome) {
+    let mut h = latency_hist();
+    pairs_into_hist(&mut h, &connected.ready_us);
+    out.percentiles(name, &h, &[0.5, 0.99]);
 }
 
 impl Load {
@@ -345,7 +358,10 @@ pub(crate) async fn idle(
     let baseline = total_rss(&env.pids);
     let started = Instant::now();
     let mut load = connect(env, count, 0).await?;
-    out.metric("connect time", started.elapsed().as_secs_f64(), "s");
+    let took = started.elapsed().as_secs_f64();
+    out.metric("connect time", took, "s");
+    out.metric("connect rate", count as f64 / took.max(1e-3), "conn/s");
+    ready_percentiles(&mut out, "connect → welcome", &load.connected);
     tokio::time::sleep(settle).await;
     load.pool.phase(0, 0).await?;
     let meter = load.meter(env);
@@ -607,6 +623,7 @@ pub(crate) async fn storm(env: &Env, count: u64, down: Duration) -> anyhow::Resu
         back.elapsed_ms.saturating_sub(down.as_millis() as u64) as f64,
         "ms",
     );
+    ready_percentiles(&mut out, "reconnect → welcome", &back);
     // Then one message to every user: the storm is over when all arrived.
     load.pool.phase(0, count).await?;
     let plan = Drive {

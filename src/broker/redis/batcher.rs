@@ -1,8 +1,9 @@
-//! The SUBSCRIBE/UNSUBSCRIBE batcher: one task gathers (un)subscribe
-//! requests while they keep arriving, in a window that grows under load
-//! (up to [`BATCH_MAX_WAIT`]), and sends one command per connection (per
-//! hash slot on a cluster), so a reconnect storm of thousands of users
-//! costs a few commands per second.
+//! The SUBSCRIBE/UNSUBSCRIBE batcher: one task sends a lone request at
+//! once when it is quiet, and otherwise gathers (un)subscribe requests
+//! while they keep arriving, in a window that grows under load (up to
+//! [`BATCH_MAX_WAIT`]), and sends one command per connection (per hash
+//! slot on a cluster), so a reconnect storm of thousands of users costs a
+//! few commands per second while a single connect waits one round trip.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -14,8 +15,8 @@ use crate::broker::BrokerError;
 /// The batching window: how long a (un)subscribe request may wait to be
 /// sent with others. It starts at the minimum, doubles after each busy
 /// batch (a connection storm) up to the maximum, and halves after each quiet
-/// one, so a lone join waits a few milliseconds and a storm of thousands
-/// costs a few commands per second.
+/// one, so a storm of thousands costs a few commands per second. At the
+/// minimum, a request that finds nothing else waiting is not held at all.
 const BATCH_MIN_WAIT: Duration = Duration::from_millis(5);
 pub const BATCH_MAX_WAIT: Duration = Duration::from_millis(250);
 /// A batch of at least this many requests counts as busy.
@@ -49,6 +50,15 @@ impl RedisBroker {
                 () = self.inner.stop.cancelled() => return,
                 op = ops.recv() => match op { Some(op) => op, None => return },
             };
+            // Quiet (the last batch was small and nothing else waits): a
+            // lone connect or join goes out at once instead of waiting for
+            // company that is not coming. What arrives while it is in
+            // flight queues up, so a storm still finds requests waiting
+            // and is batched in a growing window as before.
+            if window == BATCH_MIN_WAIT && ops.is_empty() {
+                self.run_batch(vec![first]).await;
+                continue;
+            }
             let deadline = tokio::time::Instant::now() + window;
             // Stop early when requests stop coming.
             let gap = (window / 4).max(Duration::from_millis(3));
