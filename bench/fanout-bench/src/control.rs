@@ -95,6 +95,9 @@ pub(crate) enum Command {
     /// The resuming clients' running counters, without the per-message
     /// report (cheap enough to ask for every few seconds).
     Tally,
+    /// Resuming clients stop closing their connections themselves (the
+    /// soak's end: every client connected again, none mid-reconnect).
+    Hold,
     /// Start counting deliveries of sequence numbers `base .. base + len`.
     Phase {
         base: u64,

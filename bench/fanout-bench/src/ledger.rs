@@ -13,7 +13,7 @@ use std::{
     collections::{BTreeMap, HashSet},
     fmt::Write as _,
     hash::{BuildHasher, BuildHasherDefault, DefaultHasher},
-    sync::atomic::{AtomicU64, Ordering},
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
 };
 
 use hdrhistogram::Histogram;
@@ -51,6 +51,9 @@ pub(crate) struct Ledger {
     pub(crate) connected: AtomicU64,
     /// Clients whose task ended before the run did.
     pub(crate) given_up: AtomicU64,
+    /// Whether clients with a cycle still close their connections
+    /// themselves; cleared by the `Hold` command, never set again.
+    cycling: AtomicBool,
     unrecovered: Mutex<Vec<(u64, String)>>,
     errors: Mutex<Vec<String>>,
     /// Latency shards, by client index: (replayed, live).
@@ -73,6 +76,7 @@ impl Ledger {
             unrecovered_clients: AtomicU64::new(0),
             connected: AtomicU64::new(0),
             given_up: AtomicU64::new(0),
+            cycling: AtomicBool::new(true),
             unrecovered: Mutex::new(Vec::new()),
             errors: Mutex::new(Vec::new()),
             hist: (0..SHARDS)
@@ -141,6 +145,14 @@ impl Ledger {
         let mut h = self.hist[(client % SHARDS as u64) as usize].lock();
         let h = if replayed { &mut h.0 } else { &mut h.1 };
         let _ = h.record(us);
+    }
+
+    pub(crate) fn hold(&self) {
+        self.cycling.store(false, Ordering::Relaxed);
+    }
+
+    pub(crate) fn cycling(&self) -> bool {
+        self.cycling.load(Ordering::Relaxed)
     }
 
     /// The running counters, with the recorder's deliveries so far.

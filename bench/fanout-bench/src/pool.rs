@@ -139,6 +139,12 @@ impl Pool {
         Ok(total)
     }
 
+    /// Resuming clients stop closing their connections themselves.
+    pub(crate) async fn hold(&mut self) -> anyhow::Result<()> {
+        self.call_same(|| Command::Hold).await?;
+        Ok(())
+    }
+
     pub(crate) async fn storm(&mut self, down_ms: u64) -> anyhow::Result<ConnectOutcome> {
         let events = self.call_same(|| Command::Storm { down_ms }).await?;
         merge_outcomes(events)

@@ -525,7 +525,7 @@ impl Conn {
         life: Option<Duration>,
     ) -> End {
         let mut retry_after_ms = None;
-        let mut cycled = false;
+        let (mut cycled, mut timed) = (false, life.is_some());
         // One wait for the signal for the whole connection, not one per frame.
         let stop = {
             let changed = signal.changed();
@@ -535,9 +535,12 @@ impl Conn {
             loop {
                 tokio::select! {
                     _ = &mut changed => break true,
-                    () = &mut expiry, if life.is_some() => {
-                        cycled = true;
-                        break true;
+                    () = &mut expiry, if timed => {
+                        if ledger.cycling() {
+                            cycled = true;
+                            break true;
+                        }
+                        timed = false;
                     }
                     next = self.next_frame(recorder) => match next {
                         Ok(Some((text, id))) => {

@@ -67,6 +67,10 @@ pub(crate) async fn run() -> anyhow::Result<()> {
                 Event::Resume(Box::new(ledger.report(phase)))
             }
             Command::Tally => Event::Tally(ledger.tally(shared.recorder.received())),
+            Command::Hold => {
+                ledger.hold();
+                Event::Ready
+            }
             Command::Phase { base, len } => {
                 shared.recorder.start_phase(base, len);
                 ledger.reset();

@@ -374,6 +374,12 @@ pub(crate) async fn soak(a: &SoakArgs) -> anyhow::Result<ExitCode> {
     }
     publishing.http.stop();
     let sent = publishing.drive.await.context("the publisher failed")?;
+    // The trickle stops, so that every client is connected at the end.
+    pool.hold().await?;
+    let back = Instant::now();
+    while pool.tally().await?.connected < shape.k && back.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let expected: u64 = sent
         .send_times
         .iter()
