@@ -5,7 +5,7 @@ CARGO ?= cargo
 LISTEN ?= 127.0.0.1:8080
 INTERNAL ?= 127.0.0.1:9090
 
-.PHONY: run build test fmt fmt-check lint unit-test client-test browser-test ensure-redis ensure-node ensure-examples ensure-sockudo helm-lint bench bench-compare cluster fuzz-smoke
+.PHONY: run build test fmt fmt-check lint unit-test client-test browser-test ensure-redis ensure-node ensure-examples ensure-sockudo helm-lint bench bench-compare cluster fuzz-smoke soak-smoke
 
 ## Build and start a development node (generated secret and API key, printed).
 run:
@@ -103,6 +103,19 @@ bench-compare: ensure-redis ensure-node ensure-sockudo
 # cache outside the repository; prints nothing when it is there already.
 ensure-sockudo:
 	@bench/peers/sockudo/build.sh >/dev/null
+
+## The soak's short version (docs/benchmarks.md, "Soak"): two fanout nodes
+## on a redis-server of their own, 2,000 resuming WebSocket clients
+## reconnecting at 20/s, 100 messages/s to users and groups, 90 s, a sample
+## every 5 s. Fails (exit 1) if after the first 30 s a node's RSS, open
+## files, tasks, send queues or subscriptions keep growing, if a node holds
+## more files or tasks once every client has gone than before the first
+## came, or if a message is lost. SOAK_ARGS adds options. The full run:
+## `target/release/fanout-bench soak` (30 minutes, 15,000 clients).
+soak-smoke: ensure-redis
+	$(CARGO) build -p fanout -p fanout-bench
+	target/debug/fanout-bench soak --connections 2000 --duration 90s --sample 5s \
+		--warmup 30s --rate 100 --reconnect-rate 20 $(SOAK_ARGS)
 
 ## helm lint --strict + template + offline schema validation of the chart
 ## (installs helm and kubernetes-validate into a cache when missing).

@@ -244,6 +244,74 @@ fn the_comparison_runs_against_socketio_on_the_same_redis() {
     assert!(ok, "fanout-bench exited with an error: {json:#}");
 }
 
+/// A short soak: two nodes, resuming clients reconnecting at a trickle,
+/// samples of every node, a verdict. It proves the scenario works end to
+/// end and that a reconnect loses nothing; its growth checks run too, but
+/// 30 s of a debug build prove little about growth: `make soak-smoke`
+/// (CI, 90 s, 2,000 clients) and the 30-minute run in docs/benchmarks.md do.
+#[test]
+fn the_soak_samples_both_nodes_and_loses_nothing_across_reconnects() {
+    if !redis_available() {
+        return;
+    }
+    let out = bench()
+        .args(["soak", "--connections", "300", "--duration", "24s"])
+        .args(["--sample", "2s", "--warmup", "8s", "--rate", "50"])
+        .args(["--reconnect-rate", "30", "--json", "--fanout-bin"])
+        .arg(fanout_bin())
+        .arg("--redis-server-bin")
+        .arg(fanout_testkit::server_bin())
+        .output()
+        .expect("fanout-bench runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "fanout-bench printed no JSON ({e}):\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let o = &json["results"][0];
+    assert_accounted(o);
+    assert!(metric(o, "reconnects") >= 100.0, "{o:#}");
+    assert!(metric(o, "resumes") >= 100.0, "{o:#}");
+    assert_eq!(metric(o, "clients connected at end"), 300.0, "{o:#}");
+    let samples = json["samples"].as_array().unwrap();
+    assert_eq!(samples.len(), 12, "{json:#}");
+    for s in samples {
+        let nodes = s["nodes"].as_array().unwrap();
+        assert_eq!(nodes.len(), 2, "{s:#}");
+        for n in nodes {
+            for field in [
+                "rss_bytes",
+                "fds",
+                "connections",
+                "tasks",
+                "send_queue_bytes",
+            ] {
+                assert!(n[field].as_f64().is_some(), "{field} missing: {s:#}");
+            }
+        }
+    }
+    // Both nodes held clients: the trickle moves them from one to the other.
+    let last = &samples[samples.len() - 1]["nodes"];
+    assert!(last[0]["connections"].as_f64().unwrap() > 0.0, "{json:#}");
+    assert!(last[1]["connections"].as_f64().unwrap() > 0.0, "{json:#}");
+    // Once every client went, each node held what it held before.
+    for (b, a) in json["before"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(json["after"].as_array().unwrap())
+    {
+        assert_eq!(a["connections"], 0.0, "{json:#}");
+        assert_eq!(a["fds"], b["fds"], "a file descriptor leaked: {json:#}");
+    }
+    let checks = json["checks"].as_array().unwrap();
+    assert!(checks.iter().any(|c| c["what"] == "node 2 RSS"), "{json:#}");
+    assert_eq!(json["verdict"], "pass", "{json:#}");
+    assert!(out.status.success(), "{json:#}");
+}
+
 /// Bad input gets a clear message and a failing exit, not a panic.
 #[test]
 fn missing_credentials_are_a_clear_error() {

@@ -48,6 +48,13 @@ impl NodeSample {
     pub(super) fn tasks_over(&self) -> Option<f64> {
         Some(self.tasks? - self.connections?)
     }
+
+    /// Redis subscriptions beyond one per connection (each client is a
+    /// user of its own): the groups, and channels lingering before their
+    /// unsubscribe.
+    pub(super) fn subscriptions_over(&self) -> Option<f64> {
+        Some(self.subscriptions? - self.connections?)
+    }
 }
 
 /// Every node and the clients at one moment.
