@@ -62,6 +62,9 @@ use crate::{
 
 /// fred's per-client receive buffer (its default, 32, loses messages).
 const RECEIVE_BUFFER: usize = 16_384;
+/// fred's default broadcast capacity, for clients that receive only their
+/// own connection events (the publisher, the fence client).
+const EVENT_BUFFER: usize = 32;
 /// Pending (un)subscribe requests before callers wait for the batcher.
 const OPS_QUEUE: usize = 65_536;
 /// Most PUBLISH commands of one publish in flight at once.
@@ -158,7 +161,7 @@ impl RedisBroker {
         builder
             .with_performance_config(|p| {
                 p.default_command_timeout = opts.command_timeout;
-                p.broadcast_channel_capacity = RECEIVE_BUFFER;
+                p.broadcast_channel_capacity = EVENT_BUFFER;
             })
             .with_connection_config(|c| {
                 c.connection_timeout = opts.command_timeout;
@@ -175,6 +178,11 @@ impl RedisBroker {
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2));
         let publisher = builder.build().map_err(|e| unavailable(&e))?;
         publisher.init().await.map_err(|e| unavailable(&e))?;
+        // Only subscriber clients receive messages: their broadcast
+        // channels get the large buffer. fred preallocates every slot of
+        // every broadcast channel of a client (about 12 MiB at 16,384), so
+        // the publisher and the fence client keep the small default.
+        builder.with_performance_config(|p| p.broadcast_channel_capacity = RECEIVE_BUFFER);
         let mut shards = Vec::with_capacity(opts.pubsub_connections);
         for index in 0..opts.pubsub_connections.max(1) {
             let client = builder
@@ -190,6 +198,7 @@ impl RedisBroker {
                 probe_seen: AtomicU64::new(0),
             });
         }
+        builder.with_performance_config(|p| p.broadcast_channel_capacity = EVENT_BUFFER);
         let fence = if opts.fence_after.is_zero() {
             None
         } else {
