@@ -1,7 +1,7 @@
 //! The node's registry of live sessions: by connection id, by uid (which is
 //! also the `user:<uid>` channel's subscriber list) and by group. Pure data:
-//! no I/O, no broker; from axum only the `Utf8Bytes` frame type, so the
-//! encoded text is shared with the socket without a copy.
+//! no I/O, no broker. A broadcast hands every recipient a clone of one
+//! [`Outbound`], whose encoded text is shared with the socket without a copy.
 //!
 //! Each index is split into [`SHARDS`] `parking_lot::RwLock<HashMap>`s so
 //! joins, leaves and broadcasts on different keys do not contend
@@ -16,14 +16,10 @@ use std::{
     sync::Arc,
 };
 
-use axum::extract::ws::Utf8Bytes;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    protocol::ChannelPosition,
-    session::{ConnId, PushError, Session},
-};
+use crate::session::{ConnId, Outbound, PushError, Session};
 
 /// Shards per index; a power of two well above the core count.
 pub const SHARDS: usize = 64;
@@ -202,37 +198,25 @@ impl Hub {
         self.groups[self.shard(group)].read().contains_key(group)
     }
 
-    /// Queues `frame` (a message published at `ts_ms`, at `position` in
-    /// its channel if it has one) for every local session of `uid`.
-    pub fn broadcast_user(
-        &self,
-        uid: &str,
-        frame: &Utf8Bytes,
-        ts_ms: u64,
-        position: Place<'_>,
-    ) -> Delivery {
+    /// Queues `message` (its frame shared, not copied) for every local
+    /// session of `uid`.
+    pub fn broadcast_user(&self, uid: &str, message: &Outbound) -> Delivery {
         let users = self.users[self.shard(uid)].read();
-        push_all(users.get(uid).into_iter().flatten(), frame, ts_ms, position)
+        push_all(users.get(uid).into_iter().flatten(), message)
     }
 
-    /// Queues `frame` for every local member of `group`.
-    pub fn broadcast_group(
-        &self,
-        group: &str,
-        frame: &Utf8Bytes,
-        ts_ms: u64,
-        position: Place<'_>,
-    ) -> Delivery {
+    /// Queues `message` for every local member of `group`.
+    pub fn broadcast_group(&self, group: &str, message: &Outbound) -> Delivery {
         let groups = self.groups[self.shard(group)].read();
         let members = groups.get(group).into_iter().flat_map(HashMap::values);
-        push_all(members, frame, ts_ms, position)
+        push_all(members, message)
     }
 
-    /// Queues `frame` for every local session, one shard at a time.
-    pub fn broadcast_all(&self, frame: &Utf8Bytes, ts_ms: u64, position: Place<'_>) -> Delivery {
+    /// Queues `message` for every local session, one shard at a time.
+    pub fn broadcast_all(&self, message: &Outbound) -> Delivery {
         let mut total = Delivery::default();
         for shard in &*self.conns {
-            let d = push_all(shard.read().values(), frame, ts_ms, position);
+            let d = push_all(shard.read().values(), message);
             total.queued += d.queued;
             total.slow += d.slow;
         }
@@ -258,23 +242,10 @@ impl Hub {
     }
 }
 
-/// Where a broadcast message sits in its channel, if it went through
-/// history (a live-only message has no place).
-pub type Place<'a> = Option<&'a Arc<ChannelPosition>>;
-
-fn push_all<'a>(
-    sessions: impl Iterator<Item = &'a Session>,
-    frame: &Utf8Bytes,
-    ts_ms: u64,
-    position: Place<'_>,
-) -> Delivery {
+fn push_all<'a>(sessions: impl Iterator<Item = &'a Session>, message: &Outbound) -> Delivery {
     let mut d = Delivery::default();
     for s in sessions {
-        let pushed = match position {
-            Some(p) => s.push_message(frame, ts_ms, p),
-            None => s.push(frame, ts_ms),
-        };
-        match pushed {
+        match s.push_message(message) {
             Ok(()) => d.queued += 1,
             Err(PushError::Full) => d.slow += 1,
             Err(PushError::Closed) => {}
@@ -317,14 +288,11 @@ mod tests {
             hub.add_session(s);
         }
         hub.add_sub(&"g".into(), &c);
-        let f: Utf8Bytes = "m".into();
-        assert_eq!(hub.broadcast_user("u1", &f, 0, None).queued, 2);
-        assert_eq!(hub.broadcast_group("g", &f, 0, None).queued, 1);
-        assert_eq!(hub.broadcast_all(&f, 0, None).queued, 3);
-        assert_eq!(
-            hub.broadcast_user("nobody", &f, 0, None),
-            Delivery::default()
-        );
+        let m = Outbound::reply("m".into());
+        assert_eq!(hub.broadcast_user("u1", &m).queued, 2);
+        assert_eq!(hub.broadcast_group("g", &m).queued, 1);
+        assert_eq!(hub.broadcast_all(&m).queued, 3);
+        assert_eq!(hub.broadcast_user("nobody", &m), Delivery::default());
         assert_eq!(a.take().frames.len(), 2);
         assert_eq!(c.take().frames.len(), 2);
     }
@@ -334,9 +302,9 @@ mod tests {
         let hub = Hub::new();
         let s = Session::new(1, "u".into(), 4);
         hub.add_session(&s);
-        let f: Utf8Bytes = "abc".into();
-        assert_eq!(hub.broadcast_user("u", &f, 0, None).queued, 1);
-        assert_eq!(hub.broadcast_user("u", &f, 0, None).slow, 1);
+        let m = Outbound::reply("abc".into());
+        assert_eq!(hub.broadcast_user("u", &m).queued, 1);
+        assert_eq!(hub.broadcast_user("u", &m).slow, 1);
         assert!(s.is_closing());
     }
 }

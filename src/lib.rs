@@ -25,8 +25,9 @@
 //! - [`broker`]: the `Broker` trait, the in-process and Redis brokers, the
 //!   JSON published on Redis.
 //! - [`hub`]: the sharded registry of sessions; no I/O.
-//! - [`auth`], [`session`], [`origin`], [`limits`]: tokens and API keys;
-//!   one connection's queue and groups; the Origin policy; rate limits.
+//! - [`auth`], [`session`], [`origin`], [`limits`], [`stages`]: tokens and
+//!   API keys; one connection's queue and groups; the Origin policy; rate
+//!   limits; where a broadcast's time goes inside the node.
 //! - [`config`], [`metrics`]: flags and validation; every metric.
 //! - [`protocol`]: wire frames, error and close codes, names; no I/O.
 //! - [`ids`], [`shutdown`], [`http_error`], [`log_limit`]: leaves.
@@ -56,6 +57,7 @@ pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod shutdown;
+pub mod stages;
 pub mod state;
 pub mod transport;
 pub mod web;

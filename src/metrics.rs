@@ -33,6 +33,7 @@ pub const MESSAGES_DROPPED: &str = "fanout_messages_dropped_total";
 pub const FRAMES_SENT: &str = "fanout_frames_sent_total";
 pub const DELIVERY_LATENCY: &str = "fanout_delivery_latency_seconds";
 pub const BROADCAST_DURATION: &str = "fanout_broadcast_duration_seconds";
+pub const BROADCAST_STAGE: &str = "fanout_broadcast_stage_seconds";
 pub const OUTBOUND_BATCH_FRAMES: &str = "fanout_outbound_batch_frames";
 pub const HTTP_REQUESTS: &str = "fanout_http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "fanout_http_request_duration_seconds";
@@ -61,6 +62,9 @@ pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
 pub const PROCESS_MAX_FDS: &str = "process_max_fds";
 pub const PROCESS_START_TIME: &str = "process_start_time_seconds";
 pub const RUNTIME_TASKS_ALIVE: &str = "fanout_runtime_tasks_alive";
+pub const RUNTIME_GLOBAL_QUEUE: &str = "fanout_runtime_global_queue_depth";
+pub const RUNTIME_WORKER_BUSY: &str = "fanout_runtime_worker_busy_seconds_total";
+pub const RUNTIME_WORKER_PARKS: &str = "fanout_runtime_worker_parks_total";
 
 // === label values ===
 
@@ -241,6 +245,38 @@ impl GapResult {
     }
 }
 
+/// How far a broadcast message got, counted from the broker's hand-over
+/// (`fanout_broadcast_stage_seconds{stage}`; see `stages`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// The dispatcher took it up (decoded, waited in the dispatcher queue).
+    Dispatched,
+    /// Queued for every local recipient.
+    Queued,
+    /// The first socket write carrying it was flushed (traced messages).
+    FirstWrite,
+    /// The last recipient was done with it (traced messages).
+    LastWrite,
+}
+
+impl Stage {
+    pub const ALL: [Self; 4] = [
+        Self::Dispatched,
+        Self::Queued,
+        Self::FirstWrite,
+        Self::LastWrite,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Dispatched => "dispatched",
+            Self::Queued => "queued",
+            Self::FirstWrite => "first_write",
+            Self::LastWrite => "last_write",
+        }
+    }
+}
+
 /// A client transport (`transport` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -261,6 +297,11 @@ impl Transport {
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Finer where a fan-out's tail lies (tens of milliseconds).
+const STAGE_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08,
+    0.1, 0.15, 0.25, 0.5, 1.0, 2.5,
 ];
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0];
 
@@ -319,6 +360,11 @@ fn describe_all() {
         BROADCAST_DURATION,
         Unit::Seconds,
         "Time to queue one message for every local recipient of its channel."
+    );
+    describe_histogram!(
+        BROADCAST_STAGE,
+        Unit::Seconds,
+        "Time from the broker's hand-over of a message to each stage of its fan-out on this node, by stage (dispatched, queued: every message; first_write, last_write: one message traced at a time)."
     );
     describe_histogram!(
         OUTBOUND_BATCH_FRAMES,
@@ -419,6 +465,9 @@ pub fn install() -> PrometheusHandle {
                         Matcher::Full(OUTBOUND_BATCH_FRAMES.into()),
                         BATCH_BUCKETS,
                     )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(BROADCAST_STAGE.into()), STAGE_BUCKETS)
                 });
             // Only fails for an empty bucket list, which these are not.
             let recorder = builder
@@ -538,6 +587,14 @@ pub fn broadcast(queued: usize, slow: usize, took: Duration) {
     counter!(MESSAGES_DELIVERED).increment(queued as u64);
     let _ = slow; // counted where the queue overflows: `slow_consumer`
     histogram!(BROADCAST_DURATION).record(took.as_secs_f64());
+}
+
+/// A broadcast message reached `stage`, `took` after the broker handed it over.
+pub fn broadcast_stage(stage: Stage, took: Duration) {
+    // Twice per message from the broker: the handles are looked up once.
+    static HANDLES: LazyLock<[Histogram; 4]> =
+        LazyLock::new(|| Stage::ALL.map(|s| histogram!(BROADCAST_STAGE, "stage" => s.as_str())));
+    HANDLES[stage as usize].record(took.as_secs_f64());
 }
 
 /// A client frame or API request was refused by `limit`.
@@ -741,8 +798,42 @@ pub fn process_exposition() -> String {
             "Tokio tasks spawned and not yet finished in this process.",
             rt.metrics().num_alive_tasks() as f64,
         );
+        runtime_exposition(&mut out, &rt.metrics());
     }
     out
+}
+
+/// The runtime's scheduling data (stable tokio metrics): tasks waiting in
+/// the global queue, and per worker thread its busy time and parks. A
+/// worker busy for the whole of a fan-out, or a growing global queue, says
+/// the node ran out of CPU rather than waited on something.
+fn runtime_exposition(out: &mut String, rt: &tokio::runtime::RuntimeMetrics) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        out,
+        "# HELP {RUNTIME_GLOBAL_QUEUE} Tasks waiting in the runtime's global queue.\n\
+         # TYPE {RUNTIME_GLOBAL_QUEUE} gauge\n{RUNTIME_GLOBAL_QUEUE} {}",
+        rt.global_queue_depth()
+    );
+    let workers = rt.num_workers();
+    let _ = writeln!(
+        out,
+        "# HELP {RUNTIME_WORKER_BUSY} Time each runtime worker thread spent running tasks.\n\
+         # TYPE {RUNTIME_WORKER_BUSY} counter"
+    );
+    for w in 0..workers {
+        let busy = rt.worker_total_busy_duration(w).as_secs_f64();
+        let _ = writeln!(out, "{RUNTIME_WORKER_BUSY}{{worker=\"{w}\"}} {busy}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP {RUNTIME_WORKER_PARKS} Times each runtime worker thread parked (ran out of tasks).\n\
+         # TYPE {RUNTIME_WORKER_PARKS} counter"
+    );
+    for w in 0..workers {
+        let parks = rt.worker_park_count(w);
+        let _ = writeln!(out, "{RUNTIME_WORKER_PARKS}{{worker=\"{w}\"}} {parks}");
+    }
 }
 
 fn start_time() -> f64 {
@@ -771,5 +862,20 @@ mod tests {
             assert!(value.is_some_and(|v| v >= 0.0), "{name} missing:\n{text}");
         }
         assert!(text.contains(&format!("# TYPE {PROCESS_CPU} counter")));
+    }
+
+    /// Inside a runtime the scrape adds its scheduling data, one series per
+    /// worker thread.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn runtime_metrics_are_exported_per_worker() {
+        let text = process_exposition();
+        for w in 0..2 {
+            for name in [RUNTIME_WORKER_BUSY, RUNTIME_WORKER_PARKS] {
+                let series = format!("{name}{{worker=\"{w}\"}} ");
+                assert!(text.contains(&series), "{series} missing:\n{text}");
+            }
+        }
+        assert!(text.contains(&format!("{RUNTIME_GLOBAL_QUEUE} ")));
+        assert!(!text.contains("worker=\"2\""));
     }
 }

@@ -21,7 +21,10 @@ use axum::extract::ws::Utf8Bytes;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use crate::protocol::{Channel, ChannelPosition, CloseReason, Position};
+use crate::{
+    protocol::{Channel, ChannelPosition, CloseReason, Position},
+    stages::Trace,
+};
 
 /// Node-local connection id.
 pub type ConnId = u64;
@@ -36,13 +39,15 @@ pub enum PushError {
 }
 
 /// One queued frame: the shared encoded text, the publish time of the
-/// message it carries (0 for replies), for the latency metric, and the
-/// message's channel position (none for replies and live-only messages).
+/// message it carries (0 for replies), for the latency metric, the
+/// message's channel position (none for replies and live-only messages),
+/// and, for the one message whose fan-out is being timed, its [`Trace`].
 #[derive(Debug, Clone)]
 pub struct Outbound {
     pub text: Utf8Bytes,
     pub ts_ms: u64,
     pub position: Option<Arc<ChannelPosition>>,
+    pub trace: Option<Arc<Trace>>,
 }
 
 impl Outbound {
@@ -51,6 +56,7 @@ impl Outbound {
             text,
             ts_ms: 0,
             position: None,
+            trace: None,
         }
     }
 }
@@ -168,9 +174,8 @@ impl Session {
     /// out.
     pub fn push(&self, frame: &Utf8Bytes, ts_ms: u64) -> Result<(), PushError> {
         let out = Outbound {
-            text: frame.clone(),
             ts_ms,
-            position: None,
+            ..Outbound::reply(frame.clone())
         };
         let mut q = self.inner.queue.lock();
         self.enqueue(&mut q, out)?;
@@ -179,45 +184,41 @@ impl Session {
         Ok(())
     }
 
-    /// Queues a message delivered through `position.channel`, or holds it
-    /// back while that channel is being recovered.
-    pub fn push_message(
-        &self,
-        frame: &Utf8Bytes,
-        ts_ms: u64,
-        position: &Arc<ChannelPosition>,
-    ) -> Result<(), PushError> {
-        let out = Outbound {
-            text: frame.clone(),
-            ts_ms,
-            position: Some(position.clone()),
-        };
+    /// Queues a copy of `message` (the frame shared with every recipient),
+    /// or holds it back while its channel is being recovered.
+    pub fn push_message(&self, message: &Outbound) -> Result<(), PushError> {
         let mut q = self.inner.queue.lock();
-        if !q.floors.is_empty()
-            && let Some(i) = q.floors.iter().position(|f| f.channel == position.channel)
-        {
-            let start = &q.floors[i].start;
-            if start.epoch == position.position.epoch && position.position.offset <= start.offset {
-                // Before where this session started: not a duplicate
-                // to deliver.
-                return Ok(());
+        let held = match &message.position {
+            None => None,
+            Some(position) => {
+                if !q.floors.is_empty()
+                    && let Some(i) = q.floors.iter().position(|f| f.channel == position.channel)
+                {
+                    let start = &q.floors[i].start;
+                    if start.epoch == position.position.epoch
+                        && position.position.offset <= start.offset
+                    {
+                        // Before where this session started: not a duplicate
+                        // to deliver.
+                        return Ok(());
+                    }
+                    q.floors.swap_remove(i);
+                    if q.floors.is_empty() {
+                        // Idle sessions keep no spare capacity.
+                        q.floors = Vec::new();
+                    }
+                }
+                q.recovering
+                    .iter()
+                    .position(|h| h.channel == position.channel)
             }
-            q.floors.swap_remove(i);
-            if q.floors.is_empty() {
-                // Idle sessions keep no spare capacity.
-                q.floors = Vec::new();
-            }
-        }
-        let held = q
-            .recovering
-            .iter()
-            .position(|h| h.channel == position.channel);
+        };
         match held {
-            None => self.enqueue(&mut q, out)?,
+            None => self.enqueue(&mut q, message.clone())?,
             Some(i) => {
-                self.admit(&mut q, out.text.len())?;
-                q.held_bytes += out.text.len();
-                q.recovering[i].frames.push(out);
+                self.admit(&mut q, message.text.len())?;
+                q.held_bytes += message.text.len();
+                q.recovering[i].frames.push(message.clone());
                 return Ok(());
             }
         }
@@ -467,6 +468,13 @@ mod tests {
         })
     }
 
+    fn message(channel: &Channel, offset: u64, epoch: &str, len: usize) -> Outbound {
+        Outbound {
+            position: Some(placed(channel, offset, epoch)),
+            ..Outbound::reply(frame(len))
+        }
+    }
+
     fn offsets(b: &Batch) -> Vec<u64> {
         b.frames
             .iter()
@@ -483,22 +491,18 @@ mod tests {
         let (g, u) = (Channel::group("g"), Channel::user("u"));
         s.begin_recovery(&g);
         for off in [3, 4, 5] {
-            s.push_message(&frame(1), 0, &placed(&g, off, "e")).unwrap();
+            s.push_message(&message(&g, off, "e", 1)).unwrap();
         }
-        s.push_message(&frame(1), 0, &placed(&u, 9, "e")).unwrap();
+        s.push_message(&message(&u, 9, "e", 1)).unwrap();
         assert_eq!(offsets(&s.take()), [9], "only the other channel flowed");
         let replay = [2, 3, 4]
             .into_iter()
-            .map(|off| Outbound {
-                text: frame(1),
-                ts_ms: 0,
-                position: Some(placed(&g, off, "e")),
-            })
+            .map(|off| message(&g, off, "e", 1))
             .collect();
         let top = Position::new(4, crate::protocol::Epoch::parse("e").unwrap());
         s.finish_recovery(&g, &top, replay).unwrap();
         assert_eq!(offsets(&s.take()), [2, 3, 4, 5]);
-        s.push_message(&frame(1), 0, &placed(&g, 6, "e")).unwrap();
+        s.push_message(&message(&g, 6, "e", 1)).unwrap();
         assert_eq!(offsets(&s.take()), [6], "recovery over: live again");
     }
 
@@ -509,9 +513,9 @@ mod tests {
         let s = Session::new(1, "u".into(), 10);
         let g = Channel::group("g");
         s.begin_recovery(&g);
-        s.push_message(&frame(6), 0, &placed(&g, 1, "e")).unwrap();
+        s.push_message(&message(&g, 1, "e", 6)).unwrap();
         assert_eq!(
-            s.push_message(&frame(6), 0, &placed(&g, 2, "e")),
+            s.push_message(&message(&g, 2, "e", 6)),
             Err(PushError::Full)
         );
         assert!(s.is_closing());
@@ -528,13 +532,12 @@ mod tests {
         let top = Position::new(5, crate::protocol::Epoch::parse("e").unwrap());
         s.finish_recovery(&g, &top, Vec::new()).unwrap();
         for off in [4, 5, 6, 5] {
-            s.push_message(&frame(1), 0, &placed(&g, off, "e")).unwrap();
+            s.push_message(&message(&g, off, "e", 1)).unwrap();
         }
         assert_eq!(offsets(&s.take()), [6, 5], "only until the start is passed");
         s.begin_recovery(&g);
         s.finish_recovery(&g, &top, Vec::new()).unwrap();
-        s.push_message(&frame(1), 0, &placed(&g, 1, "other"))
-            .unwrap();
+        s.push_message(&message(&g, 1, "other", 1)).unwrap();
         assert_eq!(
             offsets(&s.take()),
             [1],

@@ -15,6 +15,7 @@ const LAYERS: &[&[&str]] = &[
     &["ids", "shutdown", "http_error", "log_limit"],
     &["protocol"],
     &["config", "metrics"],
+    &["stages"],
     &["auth", "session", "origin", "limits"],
     &["hub"],
     &["broker"],

@@ -378,3 +378,46 @@ fn documented_alert_rules_are_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A broadcast's stages inside the node are recorded for every message
+/// (dispatched, queued) and, for traced messages, to the first and the last
+/// socket write, each counted from the broker's hand-over, so each stage
+/// comes no earlier than the one before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_stages_are_timed_from_the_broker_to_the_last_write() {
+    let node = FanoutProcess::start("stages", &[]);
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        let mut c = node.client(&format!("s{i}")).await;
+        c.join("room").await;
+        clients.push(c);
+    }
+    for n in 0..5 {
+        let (s, _) = node.publish(json!({"groups": ["room"]}), json!(n)).await;
+        assert_eq!(s, 200);
+        for c in &mut clients {
+            c.recv_type("message").await;
+        }
+    }
+    let stage = |scrape: &str, stage: &str, part: &str| {
+        support::metric_value(
+            scrape,
+            &format!("fanout_broadcast_stage_seconds_{part}"),
+            &format!("stage=\"{stage}\""),
+        )
+    };
+    // The last recipient lets go of the trace just after its flush.
+    assert_eventually!({
+        let scrape = node.internal_get("/metrics").await.1;
+        stage(&scrape, "first_write", "count") >= 1.0
+            && stage(&scrape, "last_write", "count") == stage(&scrape, "first_write", "count")
+    });
+    let scrape = node.internal_get("/metrics").await.1;
+    for s in ["dispatched", "queued"] {
+        assert_eq!(stage(&scrape, s, "count"), 5.0, "{s}:\n{scrape}");
+    }
+    let sum = |s| stage(&scrape, s, "sum");
+    assert!(sum("queued") >= sum("dispatched"), "{scrape}");
+    assert!(sum("last_write") >= sum("first_write"), "{scrape}");
+    assert!(sum("last_write") > 0.0, "{scrape}");
+}

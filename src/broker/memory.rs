@@ -16,6 +16,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
+    time::Instant,
 };
 
 use parking_lot::RwLock;
@@ -102,6 +103,7 @@ impl MemoryBroker {
                 channel: channel.clone(),
                 envelope: envelope.clone(),
                 position: position.cloned(),
+                received: Instant::now(),
             });
             // A closed receiver is a node that has shut down: not a receiver.
             if tx.send(event).await.is_ok() {

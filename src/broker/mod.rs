@@ -19,7 +19,7 @@ pub mod memory;
 pub mod redis;
 pub mod wire;
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, sync::Arc, time::Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -75,6 +75,9 @@ pub struct BrokerEvent {
     /// and for messages published live-only (a plain `PUBLISH` straight to
     /// Redis).
     pub position: Option<Position>,
+    /// When the broker handed it over (read off the connection, or sent on
+    /// the in-process bus), for `fanout_broadcast_stage_seconds`.
+    pub received: Instant,
 }
 
 /// What the broker tells the node.

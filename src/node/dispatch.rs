@@ -14,7 +14,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use axum::extract::ws::Utf8Bytes;
@@ -27,7 +27,8 @@ use crate::{
     hub::Counts,
     metrics::{self, BrokerDrop, GapResult},
     protocol::{self, Channel, ChannelKind, ChannelPosition, CloseReason, Position, Publication},
-    session::Session,
+    session::{Outbound, Session},
+    stages::{self, Trace},
 };
 
 /// Most messages one gap fill or catch-up reads from history.
@@ -115,7 +116,7 @@ impl Node {
     fn on_event(&self, event: BrokerEvent, healed: &mpsc::Sender<Healed>) {
         let Some(position) = event.position.clone() else {
             // Commands, and messages published live-only.
-            return self.deliver(&event.channel, event.envelope, None);
+            return self.deliver(&event.channel, event.envelope, None, Some(event.received));
         };
         let mut tracked = self.inner.tracked.lock();
         let t = tracked.entry(event.channel.clone()).or_default();
@@ -165,7 +166,12 @@ impl Node {
         t.last = Some(position.clone());
         t.floor = None;
         drop(tracked);
-        self.deliver(&event.channel, event.envelope, Some(position));
+        self.deliver(
+            &event.channel,
+            event.envelope,
+            Some(position),
+            Some(event.received),
+        );
     }
 
     /// This node was fenced while it hung: the cluster took its users for
@@ -298,6 +304,7 @@ impl Node {
                             &h.channel,
                             Envelope::Publication(m.publication),
                             Some(position),
+                            None,
                         );
                     }
                 }
@@ -382,33 +389,57 @@ impl Node {
     }
 
     /// Delivers one envelope to the local sessions of its channel.
-    fn deliver(&self, channel: &Channel, envelope: Envelope, position: Option<Position>) {
+    /// Carries out what arrived on `channel`; `received` is when the broker
+    /// handed it over (none for a message filled in from history).
+    fn deliver(
+        &self,
+        channel: &Channel,
+        envelope: Envelope,
+        position: Option<Position>,
+        received: Option<Instant>,
+    ) {
         match envelope {
-            Envelope::Publication(p) => self.broadcast(channel, &p, position),
+            Envelope::Publication(p) => self.broadcast(channel, &p, position, received),
             Envelope::Command(cmd) => self.handle_command(channel, cmd),
         }
     }
 
-    fn broadcast(&self, channel: &Channel, p: &Publication, position: Option<Position>) {
+    fn broadcast(
+        &self,
+        channel: &Channel,
+        p: &Publication,
+        position: Option<Position>,
+        received: Option<Instant>,
+    ) {
         let hub = &self.inner.hub;
-        let started = std::time::Instant::now();
-        let frame = Utf8Bytes::from(protocol::message_frame(channel, p, position.as_ref()));
-        let place = position.map(|position| {
-            Arc::new(ChannelPosition {
-                channel: channel.clone(),
-                position,
-            })
-        });
+        let started = Instant::now();
+        if let Some(received) = received {
+            stages::dispatched(received);
+        }
+        let message = Outbound {
+            text: Utf8Bytes::from(protocol::message_frame(channel, p, position.as_ref())),
+            ts_ms: p.ts,
+            position: position.map(|position| {
+                Arc::new(ChannelPosition {
+                    channel: channel.clone(),
+                    position,
+                })
+            }),
+            trace: received.and_then(Trace::begin),
+        };
         let delivery = match channel.kind() {
-            ChannelKind::User(uid) => hub.broadcast_user(uid, &frame, p.ts, place.as_ref()),
-            ChannelKind::Group(group) => hub.broadcast_group(group, &frame, p.ts, place.as_ref()),
-            ChannelKind::All => hub.broadcast_all(&frame, p.ts, place.as_ref()),
+            ChannelKind::User(uid) => hub.broadcast_user(uid, &message),
+            ChannelKind::Group(group) => hub.broadcast_group(group, &message),
+            ChannelKind::All => hub.broadcast_all(&message),
             ChannelKind::Node(_) => {
                 // Node channels carry replies only.
                 metrics::broker_dropped(BrokerDrop::Misdirected, 1);
                 return;
             }
         };
+        if let Some(received) = received {
+            stages::queued(received);
+        }
         metrics::broadcast(delivery.queued, delivery.slow, started.elapsed());
         if delivery.slow > 0 {
             tracing::info!(%channel, slow = delivery.slow, "closing slow consumers");

@@ -94,6 +94,7 @@ impl Node {
                                 channel: channel.clone(),
                                 position,
                             })),
+                            trace: None,
                         }
                     })
                     .collect();

@@ -370,7 +370,11 @@ impl SseConn {
             format_since_compact(&self.positions)
         });
         metrics::frames_written(1, frame.ts_ms);
-        self.send(event(id.as_deref(), None, &frame.text)).await
+        self.send(event(id.as_deref(), None, &frame.text)).await?;
+        if let Some(trace) = &frame.trace {
+            trace.written();
+        }
+        Ok(())
     }
 
     /// Hands one event to the response body, waiting at most the write

@@ -19,7 +19,7 @@ use crate::{
     pusher,
     report::{Goal, Outcome, fmt_num},
     scenario::{self, ApiOpts, BroadcastOpts, SteadyOpts},
-    suite::{SuiteArgs, attempt, failed, progress},
+    suite::{MODERATE_RATE, SuiteArgs, attempt, failed, progress},
 };
 
 /// A server `compare` runs beside fanout.
@@ -131,7 +131,15 @@ async fn start(
 }
 
 pub(crate) async fn compare(args: &SuiteArgs) -> anyhow::Result<ExitCode> {
-    args.check_only(&["idle", "broadcast", "steady", "storm", "publish-api"])?;
+    const SCENARIOS: [&str; 6] = [
+        "idle",
+        "broadcast",
+        "broadcast-moderate",
+        "steady",
+        "storm",
+        "publish-api",
+    ];
+    args.check_only(&SCENARIOS)?;
     let quick = args.quick;
     let (peers, sockudo, notes) = peers(args)?;
     for n in &notes {
@@ -168,6 +176,13 @@ pub(crate) async fn compare(args: &SuiteArgs) -> anyhow::Result<ExitCode> {
         to_all: false,
         in_flight: 4,
     };
+    // Issue 13's table: 2,500 clients per node, 20 broadcasts/s.
+    let moderate = BroadcastOpts {
+        connections: if quick { 200 } else { 5_000 },
+        messages: if quick { 20 } else { 200 },
+        rate: MODERATE_RATE,
+        ..broadcast
+    };
     let steady = SteadyOpts {
         users: if quick { 200 } else { 5_000 },
         rate: if quick { 200.0 } else { 2_000.0 },
@@ -190,7 +205,7 @@ pub(crate) async fn compare(args: &SuiteArgs) -> anyhow::Result<ExitCode> {
     };
 
     let mut out = Vec::new();
-    for name in ["idle", "broadcast", "steady", "storm", "publish-api"] {
+    for name in SCENARIOS {
         if !args.wants(name) {
             continue;
         }
@@ -201,6 +216,11 @@ pub(crate) async fn compare(args: &SuiteArgs) -> anyhow::Result<ExitCode> {
                     attempt(name, env.target, scenario::idle(env, idle, settle, window)).await
                 }
                 "broadcast" => attempt(name, env.target, scenario::broadcast(env, broadcast)).await,
+                "broadcast-moderate" => {
+                    let mut o = attempt(name, env.target, scenario::broadcast(env, moderate)).await;
+                    o.scenario = name;
+                    o
+                }
                 "steady" => attempt(name, env.target, scenario::steady(env, steady)).await,
                 "storm" => attempt(name, env.target, scenario::storm(env, storm, down)).await,
                 _ => attempt("publish-api", env.target, scenario::publish_api(env, api)).await,
@@ -256,6 +276,7 @@ fn goal(scenario: &str, metric: &str, peer: &str) -> Option<Goal> {
         ("broadcast", "deliveries/s", "socketio") => Some(Goal::AtLeast(5.0)),
         ("broadcast", "deliveries/s", "sockudo") => Some(Goal::AtLeast(4.0)),
         ("broadcast", "latency p99", "socketio") => Some(Goal::AtMost(1.0)),
+        ("broadcast-moderate", "latency p99", "sockudo") => Some(Goal::AtMost(0.6)),
         (_, "server RSS per connection", "socketio") => Some(Goal::AtMost(0.5)),
         _ => None,
     }

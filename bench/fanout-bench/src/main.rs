@@ -48,6 +48,7 @@ mod resume;
 mod rolling;
 mod scenario;
 mod soak;
+mod stages;
 mod suite;
 mod trend;
 mod worker;
@@ -372,6 +373,7 @@ impl Deployment {
             target: self.target,
             nodes: self.nodes.clone(),
             pids: self.pids.clone(),
+            internal: Vec::new(),
             redis_pid: self.redis_pid,
             secret: self.jwt_secret.clone(),
             api_key: self.api_key.clone(),

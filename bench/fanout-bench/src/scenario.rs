@@ -21,6 +21,7 @@ use crate::{
     pusher,
     recorder::{latency_hist, pairs_into_hist, unix_us},
     report::{Accounting, Outcome},
+    stages,
 };
 
 /// Connections one worker process holds at most by default (the machine
@@ -35,6 +36,9 @@ pub(crate) struct Env {
     pub(crate) nodes: Vec<SocketAddr>,
     /// Node pids, for RSS and CPU (empty: not measured).
     pub(crate) pids: Vec<u32>,
+    /// fanout nodes' internal addresses, for their own timings of a
+    /// broadcast (empty: not reported).
+    pub(crate) internal: Vec<SocketAddr>,
     pub(crate) redis_pid: Option<u32>,
     pub(crate) secret: String,
     pub(crate) api_key: String,
@@ -432,6 +436,7 @@ pub(crate) async fn broadcast(env: &Env, o: BroadcastOpts) -> anyhow::Result<Out
     out.setup.push_str(&format!(", via {}", publisher.via()));
     load.pool.phase(0, o.messages).await?;
     let meter = load.meter(env);
+    let before = stages::snapshot(&env.internal).await;
     let plan = Drive {
         base_seq: 0,
         count: o.messages,
@@ -447,6 +452,9 @@ pub(crate) async fn broadcast(env: &Env, o: BroadcastOpts) -> anyhow::Result<Out
     let merged = merge(&reports, o.messages as usize, k);
     let group_size = if o.to_all { 0 } else { k };
     account(&mut out, &sent, &merged, Audience { k, group_size });
+    stages::snapshot(&env.internal)
+        .await
+        .report_since(&before, &mut out);
     load.pool.close().await?;
     Ok(out)
 }

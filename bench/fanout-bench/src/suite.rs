@@ -25,7 +25,7 @@ pub(crate) struct SuiteArgs {
     pub(crate) quick: bool,
     /// Run only these scenarios (comma-separated names from the table's
     /// first column, e.g. `broadcast,storm`; suite also knows
-    /// `broadcast-paced`, `broadcast-redis`, `publish-api-1000`,
+    /// `broadcast-paced`, `broadcast-redis`, `broadcast-moderate`, `publish-api-1000`,
     /// `steady-history` (history on and off) and `steady-history-on`/`-off`).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -90,6 +90,7 @@ impl SuiteArgs {
             target,
             nodes: nodes.iter().map(|n| n.addr).collect(),
             pids: nodes.iter().map(|n| n.proc_.pid()).collect(),
+            internal: nodes.iter().filter_map(Node::internal).collect(),
             redis_pid: redis.and_then(RedisServer::pid),
             secret: SECRET.into(),
             api_key: API_KEY.into(),
@@ -144,6 +145,9 @@ impl SuiteArgs {
     }
 }
 
+/// Broadcasts per second of `broadcast-moderate` (suite and compare).
+pub(crate) const MODERATE_RATE: f64 = 20.0;
+
 /// Sizes of one run of the suite.
 struct Sizes {
     idle: u64,
@@ -155,6 +159,9 @@ struct Sizes {
     paced: u64,
     redis_per_node: u64,
     redis_burst: u64,
+    /// broadcast-moderate: clients per node, messages (at 20/s).
+    moderate_per_node: u64,
+    moderate: u64,
     steady_users: u64,
     steady_rate: f64,
     steady_for: Duration,
@@ -190,6 +197,8 @@ impl Sizes {
                 paced: 10,
                 redis_per_node: 100,
                 redis_burst: 20,
+                moderate_per_node: 100,
+                moderate: 20,
                 steady_users: 300,
                 steady_rate: 300.0,
                 steady_for: Duration::from_secs(2),
@@ -232,6 +241,8 @@ impl Sizes {
                 paced: 200,
                 redis_per_node: 5_000,
                 redis_burst: 200,
+                moderate_per_node: 2_500,
+                moderate: 200,
                 steady_users: 15_000,
                 steady_rate: 30_000.0,
                 steady_for: Duration::from_secs(10),
@@ -399,6 +410,27 @@ fn steps(s: &Sizes, quick: bool) -> Vec<Step> {
             run: Run::Broadcast(broadcast(2 * s.redis_per_node, s.redis_burst, 0.0)),
             goals: &[("deliveries/s", Goal::AtLeast(500_000.0))],
         },
+        // Issue 13's comparison load: a fifth of the nodes' capacity, where
+        // the tail (not the throughput) is what users feel.
+        Step {
+            name: "broadcast",
+            also: "broadcast-moderate",
+            label: "broadcast through Redis, moderate rate",
+            nodes: 2,
+            redis: true,
+            via_redis: false,
+            redis_fcall: false,
+            node_args: Vec::new(),
+            run: Run::Broadcast(broadcast(
+                2 * s.moderate_per_node,
+                s.moderate,
+                MODERATE_RATE,
+            )),
+            goals: &[
+                ("latency p99", Goal::AtMost(60.0)),
+                ("last delivery p99", Goal::AtMost(60.0)),
+            ],
+        },
         Step {
             name: "steady",
             also: "steady",
@@ -534,6 +566,7 @@ pub(crate) async fn suite(args: &SuiteArgs) -> anyhow::Result<ExitCode> {
         "broadcast",
         "broadcast-paced",
         "broadcast-redis",
+        "broadcast-moderate",
         "steady",
         "storm",
         "publish-api",

@@ -70,6 +70,7 @@ impl RedisBroker {
                 }
                 Err(RecvError::Closed) => return,
             };
+            let received = Instant::now();
             if *msg.channel == *shard.probe_channel {
                 if let Some(seq) = msg.value.as_u64() {
                     shard.probe_seen.fetch_max(seq, Ordering::Relaxed);
@@ -93,6 +94,7 @@ impl RedisBroker {
                 channel,
                 envelope,
                 position,
+                received,
             };
             if self.inner.events.send(Inbound::Event(event)).await.is_err() {
                 return;

@@ -357,12 +357,18 @@ impl Conn {
                 .iter()
                 .find(|f| f.ts_ms > 0)
                 .map_or(0, |f| f.ts_ms);
+            // At most one message is traced at a time, so a batch carries
+            // at most one trace; kept until the flush is done.
+            let trace = batch.frames.iter().find_map(|f| f.trace.clone());
             // Fed straight from the queue: no list of messages per write.
             let frames = batch.frames.into_iter().map(|f| Message::Text(f.text));
             if let Err(step) = self.write_with_timeout(frames, abort_on_close).await {
                 return step;
             }
             metrics::frames_written(count, oldest_ts);
+            if let Some(trace) = trace {
+                trace.written();
+            }
             if let Some(reason) = batch.close {
                 return Step::Close(reason);
             }
