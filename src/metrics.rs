@@ -477,6 +477,7 @@ pub fn install() -> PrometheusHandle {
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
             }
+            spawn_upkeep(handle.clone());
             describe_all();
             register_zeroes();
             gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
@@ -484,6 +485,30 @@ pub fn install() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// How often histogram samples are folded into their buckets.
+const UPKEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Folds histogram samples into their buckets every [`UPKEEP_EVERY`],
+/// scraped or not. The exporter keeps every sample recorded since the last
+/// upkeep (about 8 bytes each) and only a scrape ran it before: a node
+/// nobody scraped grew by ~20 bytes per socket write, without bound
+/// (110 → 217 MiB over 5M writes in one measurement). A thread of its own,
+/// not a task: a fold of a busy second's samples takes milliseconds, which
+/// would hold up a runtime worker's fan-out.
+fn spawn_upkeep(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name("fanout-metrics".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                handle.run_upkeep();
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the metrics upkeep thread; histograms are folded only when scraped");
+    }
 }
 
 /// Every series with a fixed label set exists from the start (at zero), so

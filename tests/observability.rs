@@ -421,3 +421,20 @@ async fn broadcast_stages_are_timed_from_the_broker_to_the_last_write() {
     assert!(sum("last_write") >= sum("first_write"), "{scrape}");
     assert!(sum("last_write") > 0.0, "{scrape}");
 }
+
+/// A node nobody scrapes still folds its histogram samples (the exporter
+/// keeps each one until then: ~20 bytes per socket write, without bound):
+/// its upkeep thread runs from the start, not only when `/metrics` is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn histograms_are_folded_without_a_scrape() {
+    let node = FanoutProcess::start("upkeep", &[]);
+    let threads = std::fs::read_dir(format!("/proc/{}/task", node.pid())).unwrap();
+    let names: Vec<String> = threads
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_owned())
+        .collect();
+    assert!(
+        names.iter().any(|n| n == "fanout-metrics"),
+        "no upkeep thread among {names:?}"
+    );
+}
