@@ -34,6 +34,7 @@ pub const FRAMES_SENT: &str = "fanout_frames_sent_total";
 pub const DELIVERY_LATENCY: &str = "fanout_delivery_latency_seconds";
 pub const BROADCAST_DURATION: &str = "fanout_broadcast_duration_seconds";
 pub const BROADCAST_STAGE: &str = "fanout_broadcast_stage_seconds";
+pub const BROKER_TRANSIT: &str = "fanout_broker_transit_seconds";
 pub const OUTBOUND_BATCH_FRAMES: &str = "fanout_outbound_batch_frames";
 pub const HTTP_REQUESTS: &str = "fanout_http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "fanout_http_request_duration_seconds";
@@ -367,6 +368,11 @@ fn describe_all() {
         "Time from the broker's hand-over of a message to each stage of its fan-out on this node, by stage (dispatched, queued: every message; first_write, last_write: one message traced at a time)."
     );
     describe_histogram!(
+        BROKER_TRANSIT,
+        Unit::Seconds,
+        "Time from a message's publish (its ts, stamped by the node that published it, or by the backend; millisecond precision, across machines only as good as their clocks) to this node's broker hand-over."
+    );
+    describe_histogram!(
         OUTBOUND_BATCH_FRAMES,
         "Frames taken from a connection's outbound queue per socket write (queue depth at write time)."
     );
@@ -468,6 +474,9 @@ pub fn install() -> PrometheusHandle {
                 })
                 .and_then(|b| {
                     b.set_buckets_for_metric(Matcher::Full(BROADCAST_STAGE.into()), STAGE_BUCKETS)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(BROKER_TRANSIT.into()), STAGE_BUCKETS)
                 });
             // Only fails for an empty bucket list, which these are not.
             let recorder = builder
@@ -620,6 +629,13 @@ pub fn broadcast_stage(stage: Stage, took: Duration) {
     static HANDLES: LazyLock<[Histogram; 4]> =
         LazyLock::new(|| Stage::ALL.map(|s| histogram!(BROADCAST_STAGE, "stage" => s.as_str())));
     HANDLES[stage as usize].record(took.as_secs_f64());
+}
+
+/// A message published at `ts_ms` (Unix ms) was handed over by the broker now.
+pub fn broker_transit(ts_ms: u64) {
+    static TRANSIT: LazyLock<Histogram> = LazyLock::new(|| histogram!(BROKER_TRANSIT));
+    let ms = crate::ids::unix_ms().saturating_sub(ts_ms);
+    TRANSIT.record(ms as f64 / 1000.0);
 }
 
 /// A client frame or API request was refused by `limit`.

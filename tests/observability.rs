@@ -416,6 +416,8 @@ async fn broadcast_stages_are_timed_from_the_broker_to_the_last_write() {
     for s in ["dispatched", "queued"] {
         assert_eq!(stage(&scrape, s, "count"), 5.0, "{s}:\n{scrape}");
     }
+    let transit = support::metric_value(&scrape, "fanout_broker_transit_seconds_count", "");
+    assert_eq!(transit, 5.0, "{scrape}");
     let sum = |s| stage(&scrape, s, "sum");
     assert!(sum("queued") >= sum("dispatched"), "{scrape}");
     assert!(sum("last_write") >= sum("first_write"), "{scrape}");

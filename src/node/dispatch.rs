@@ -414,6 +414,7 @@ impl Node {
         let hub = &self.inner.hub;
         let started = Instant::now();
         if let Some(received) = received {
+            metrics::broker_transit(p.ts);
             stages::dispatched(received);
         }
         let message = Outbound {

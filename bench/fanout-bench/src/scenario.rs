@@ -452,6 +452,9 @@ pub(crate) async fn broadcast(env: &Env, o: BroadcastOpts) -> anyhow::Result<Out
     let merged = merge(&reports, o.messages as usize, k);
     let group_size = if o.to_all { 0 } else { k };
     account(&mut out, &sent, &merged, Audience { k, group_size });
+    // How long the publish itself took (over HTTP: until the node answered,
+    // after Redis had it): the part of the latency before any fan-out.
+    out.percentiles("publish request", &sent.request_latency, &[0.5, 0.99]);
     stages::snapshot(&env.internal)
         .await
         .report_since(&before, &mut out);

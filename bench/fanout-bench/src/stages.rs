@@ -1,6 +1,8 @@
 //! The nodes' own account of a broadcast run: `fanout_broadcast_stage_seconds`
-//! (where a message's time goes inside a node, src/stages.rs) and the
-//! runtime workers' busy time, scraped from every fanout node's `/metrics`
+//! (where a message's time goes inside a node, src/stages.rs),
+//! `fanout_broker_transit_seconds` (from the publish to the node's broker
+//! hand-over, the part before those stages) and the runtime workers' busy
+//! time, scraped from every fanout node's `/metrics`
 //! before and after the run. The difference, summed over the nodes, gives
 //! each stage's percentiles and how busy the worker threads were.
 
@@ -11,9 +13,11 @@ use tokio::time::Instant;
 use crate::{http, report::Outcome};
 
 const STAGE: &str = "fanout_broadcast_stage_seconds_bucket{";
+const TRANSIT: &str = "fanout_broker_transit_seconds_bucket{";
 const BUSY: &str = "fanout_runtime_worker_busy_seconds_total{";
 /// The stages, in order, with the names they get in the report.
-const STAGES: [(&str, &str); 4] = [
+const STAGES: [(&str, &str); 5] = [
+    ("transit", "node: publish → hand-over"),
     ("dispatched", "node: dispatched"),
     ("queued", "node: all queued"),
     ("first_write", "node: first write"),
@@ -55,10 +59,15 @@ impl Snapshot {
             let Ok(value) = value.parse::<f64>() else {
                 continue;
             };
-            if let Some(labels) = series.strip_prefix(STAGE) {
-                let (Some(stage), Some(le)) = (label(labels, "stage"), label(labels, "le")) else {
-                    continue;
-                };
+            let stage_le = if let Some(labels) = series.strip_prefix(STAGE) {
+                label(labels, "stage").zip(label(labels, "le"))
+            } else if let Some(labels) = series.strip_prefix(TRANSIT) {
+                // Not a stage of the node's: kept beside them as `transit`.
+                label(labels, "le").map(|le| ("transit", le))
+            } else {
+                None
+            };
+            if let Some((stage, le)) = stage_le {
                 let le = if le == "+Inf" {
                     f64::INFINITY
                 } else {
@@ -158,6 +167,8 @@ fanout_broadcast_stage_seconds_bucket{stage=\"queued\",le=\"0.01\"} 50
 fanout_broadcast_stage_seconds_bucket{stage=\"queued\",le=\"0.02\"} 90
 fanout_broadcast_stage_seconds_bucket{stage=\"queued\",le=\"+Inf\"} 100
 fanout_broadcast_stage_seconds_sum{stage=\"queued\"} 1.2
+fanout_broker_transit_seconds_bucket{le=\"0.01\"} 4
+fanout_broker_transit_seconds_bucket{le=\"+Inf\"} 4
 fanout_runtime_worker_busy_seconds_total{worker=\"0\"} 3
 fanout_runtime_worker_busy_seconds_total{worker=\"1\"} 1
 ";
@@ -172,6 +183,7 @@ fanout_runtime_worker_busy_seconds_total{worker=\"1\"} 1
         assert!((p70 - 0.015).abs() < 1e-9, "{p70}");
         assert_eq!(quantile(q, 0.99), Some(0.02), "past the last bound");
         assert_eq!((s.busy, s.workers), (4.0, 2));
+        assert_eq!(s.buckets["transit"], [(0.01, 4.0), (f64::INFINITY, 4.0)]);
     }
 
     /// Two nodes' scrapes add up, and only what happened since the first
