@@ -125,6 +125,7 @@ fn the_suite_runs_every_scenario_and_accounts_for_every_message() {
             "broadcast",
             "broadcast",
             "broadcast",
+            "broadcast",
             "steady",
             "storm",
             "publish-api",
@@ -135,6 +136,14 @@ fn the_suite_runs_every_scenario_and_accounts_for_every_message() {
         ],
         "{json:#}"
     );
+    // Broadcast runs carry the nodes' own account, scraped from their
+    // /metrics: the message's stages and how busy their workers were.
+    for o in results.iter().filter(|o| o["scenario"] == "broadcast") {
+        let written = metric(o, "node: last write p50");
+        assert!(written > 0.0, "{o:#}");
+        assert!(metric(o, "node: last write p99") >= written, "{o:#}");
+        assert!(metric(o, "node: workers busy") > 0.0, "{o:#}");
+    }
     for o in results {
         if o["scenario"] != "rolling" {
             assert_eq!(o["closed_by_server"], serde_json::json!({}), "{o:#}");
@@ -220,7 +229,15 @@ fn the_comparison_runs_against_socketio_on_the_same_redis() {
     // Sockudo, when built, has a test of its own (tests/sockudo.rs).
     let (ok, json) = run_quick(&["compare", "--peers", "socketio"]);
     let results = json["results"].as_array().unwrap();
-    for scenario in ["idle", "broadcast", "steady", "storm", "publish-api"] {
+    let scenarios = [
+        "idle",
+        "broadcast",
+        "broadcast-moderate",
+        "steady",
+        "storm",
+        "publish-api",
+    ];
+    for scenario in scenarios {
         for target in ["fanout", "socketio"] {
             let o = results
                 .iter()

@@ -107,7 +107,15 @@ fn the_comparison_runs_against_sockudo_on_the_same_redis() {
         )
     });
     let results = json["results"].as_array().unwrap();
-    for scenario in ["idle", "broadcast", "steady", "storm", "publish-api"] {
+    let scenarios = [
+        "idle",
+        "broadcast",
+        "broadcast-moderate",
+        "steady",
+        "storm",
+        "publish-api",
+    ];
+    for scenario in scenarios {
         for target in ["fanout", "sockudo"] {
             let o = results
                 .iter()
