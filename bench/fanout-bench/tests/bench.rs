@@ -158,12 +158,12 @@ fn the_suite_runs_every_scenario_and_accounts_for_every_message() {
     }
     // The storm stays away past the unsubscribe linger: the node
     // unsubscribed and subscribed again, and the tool counted it.
-    let storm = &results[5];
+    let storm = &results[6];
     assert!(metric(storm, "SUBSCRIBE commands") >= 1.0, "{storm:#}");
     assert!(metric(storm, "UNSUBSCRIBE commands") >= 1.0, "{storm:#}");
     // Many users per request, through two nodes on Redis: each request was
     // delivered to all 50 of its users.
-    let many = &results[7];
+    let many = &results[8];
     let setup = many["setup"].as_str().unwrap();
     assert!(
         setup.contains("each to 50 of 200") && setup.contains("2 nodes, Redis"),
@@ -178,13 +178,13 @@ fn the_suite_runs_every_scenario_and_accounts_for_every_message() {
     assert!(metric(many, "requests/s") > 0.0, "{many:#}");
     // Steady through Redis with history on (FCALL fanout_publish) and off.
     for (o, history, via) in [
-        (&results[8], "--history true", "FCALL fanout_publish"),
-        (&results[9], "--history false", "Redis PUBLISH"),
+        (&results[9], "--history true", "FCALL fanout_publish"),
+        (&results[10], "--history false", "Redis PUBLISH"),
     ] {
         let setup = o["setup"].as_str().unwrap();
         assert!(setup.contains(history) && setup.contains(via), "{o:#}");
     }
-    assert_rolling(&results[10], 300, 2);
+    assert_rolling(&results[11], 300, 2);
     assert!(ok, "fanout-bench exited with an error: {json:#}");
 }
 
