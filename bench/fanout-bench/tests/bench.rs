@@ -15,50 +15,14 @@
 //! path; `cargo test -p fanout-bench` alone needs `cargo build -p fanout`
 //! first.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+mod support;
+
+use std::{path::Path, process::Command};
 
 use serde_json::Value;
-
-/// The server binary the suite starts its nodes from.
-fn fanout_bin() -> PathBuf {
-    let path = std::env::var_os("FANOUT_BIN").map_or_else(
-        || Path::new(env!("CARGO_BIN_EXE_fanout-bench")).with_file_name("fanout"),
-        PathBuf::from,
-    );
-    assert!(
-        path.is_file(),
-        "no fanout binary at {}: run `cargo test --workspace` (or `cargo build -p fanout` \
-         first), or set FANOUT_BIN",
-        path.display()
-    );
-    path
-}
-
-/// False (after saying why) when redis-server is missing and not required
-/// (`FANOUT_REQUIRE_REDIS=1`, as `make test` sets, makes it a failure).
-fn redis_available() -> bool {
-    let found = fanout_testkit::server_found(&fanout_testkit::server_bin());
-    if !found {
-        if std::env::var("FANOUT_REQUIRE_REDIS").is_ok_and(|v| v == "1") {
-            panic!("redis-server not found and FANOUT_REQUIRE_REDIS=1");
-        }
-        eprintln!("SKIPPED: redis-server not found (install it, or run `make test`)");
-    }
-    found
-}
-
-fn bench() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fanout-bench"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("FANOUT_") && key != "FANOUT_REQUIRE_TOOLS" && key != "FANOUT_BIN" {
-            cmd.env_remove(key);
-        }
-    }
-    cmd
-}
+use support::{
+    assert_accounted, assert_compared_with, bench, fanout_bin, json_of, metric, redis_available,
+};
 
 /// Runs `fanout-bench <args> --quick --json`; returns its exit success and JSON.
 fn run_quick(args: &[&str]) -> (bool, Value) {
@@ -70,39 +34,7 @@ fn run_quick(args: &[&str]) -> (bool, Value) {
         .arg(fanout_testkit::server_bin())
         .output()
         .expect("fanout-bench runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let json = serde_json::from_str(&stdout).unwrap_or_else(|e| {
-        panic!(
-            "fanout-bench printed no JSON ({e}):\n{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.success(), json)
-}
-
-/// Every message of a run was delivered exactly as often as expected.
-fn assert_accounted(o: &Value) {
-    let name = format!("{} on {}", o["scenario"], o["target"]);
-    assert_eq!(o["errors"], serde_json::json!([]), "{name}: {o:#}");
-    let a = &o["accounting"];
-    assert!(a["expected"].as_u64().unwrap() > 0, "{name}: {o:#}");
-    assert_eq!(a["delivered"], a["expected"], "{name}: {o:#}");
-    assert_eq!(a["missing"], 0, "{name}: {o:#}");
-    assert_eq!(a["duplicated"], 0, "{name}: {o:#}");
-    assert_eq!(a["publish_failed"], 0, "{name}: {o:#}");
-    // Every client got exactly the messages addressed to it.
-    assert_eq!(a["clients_mismatched"], 0, "{name}: {o:#}");
-}
-
-fn metric(o: &Value, name: &str) -> f64 {
-    o["metrics"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == name)
-        .unwrap_or_else(|| panic!("no metric {name:?} in {o:#}"))["value"]
-        .as_f64()
-        .unwrap()
+    (out.status.success(), json_of(&out))
 }
 
 #[test]
@@ -234,29 +166,7 @@ fn the_comparison_runs_against_socketio_on_the_same_redis() {
     }
     // Sockudo, when built, has a test of its own (tests/sockudo.rs).
     let (ok, json) = run_quick(&["compare", "--peers", "socketio"]);
-    let results = json["results"].as_array().unwrap();
-    let scenarios = [
-        "idle",
-        "broadcast",
-        "broadcast-moderate",
-        "steady",
-        "storm",
-        "publish-api",
-    ];
-    for scenario in scenarios {
-        for target in ["fanout", "socketio"] {
-            let o = results
-                .iter()
-                .find(|o| o["scenario"] == scenario && o["target"] == target)
-                .unwrap_or_else(|| panic!("no {scenario} on {target}: {json:#}"));
-            if scenario == "idle" {
-                assert_eq!(o["errors"], serde_json::json!([]), "{o:#}");
-                assert_eq!(metric(o, "open at end"), 200.0, "{o:#}");
-            } else {
-                assert_accounted(o);
-            }
-        }
-    }
+    assert_compared_with(&json, "socketio");
     let ratios = json["ratios"].as_array().unwrap();
     assert!(
         ratios
@@ -286,13 +196,7 @@ fn the_soak_samples_both_nodes_and_loses_nothing_across_reconnects() {
         .arg(fanout_testkit::server_bin())
         .output()
         .expect("fanout-bench runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let json: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
-        panic!(
-            "fanout-bench printed no JSON ({e}):\n{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
+    let json = json_of(&out);
     let o = &json["results"][0];
     assert_accounted(o);
     assert!(metric(o, "reconnects") >= 100.0, "{o:#}");

@@ -7,12 +7,11 @@
 //! `make bench-compare` runs that). Without the binary the test says so
 //! and passes. `SOCKUDO_BIN` names another binary.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+mod support;
 
-use serde_json::Value;
+use std::path::PathBuf;
+
+use support::{assert_compared_with, bench, fanout_bin, json_of};
 
 /// The version `bench/peers/sockudo/build.sh` installs.
 const VERSION: &str = "5.2.0";
@@ -32,46 +31,6 @@ fn sockudo_bin() -> Option<PathBuf> {
     path.is_file().then_some(path)
 }
 
-/// The server binary, next to fanout-bench (see tests/bench.rs).
-fn fanout_bin() -> PathBuf {
-    let path = std::env::var_os("FANOUT_BIN").map_or_else(
-        || Path::new(env!("CARGO_BIN_EXE_fanout-bench")).with_file_name("fanout"),
-        PathBuf::from,
-    );
-    assert!(
-        path.is_file(),
-        "no fanout binary at {}: run `cargo test --workspace` (or `cargo build -p fanout` \
-         first), or set FANOUT_BIN",
-        path.display()
-    );
-    path
-}
-
-fn metric(o: &Value, name: &str) -> f64 {
-    o["metrics"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == name)
-        .unwrap_or_else(|| panic!("no metric {name:?} in {o:#}"))["value"]
-        .as_f64()
-        .unwrap()
-}
-
-/// Every message of a run was delivered exactly as often as expected, to
-/// exactly the clients it named.
-fn assert_accounted(o: &Value) {
-    let name = format!("{} on {}", o["scenario"], o["target"]);
-    assert_eq!(o["errors"], serde_json::json!([]), "{name}: {o:#}");
-    let a = &o["accounting"];
-    assert!(a["expected"].as_u64().unwrap() > 0, "{name}: {o:#}");
-    assert_eq!(a["delivered"], a["expected"], "{name}: {o:#}");
-    assert_eq!(a["missing"], 0, "{name}: {o:#}");
-    assert_eq!(a["duplicated"], 0, "{name}: {o:#}");
-    assert_eq!(a["publish_failed"], 0, "{name}: {o:#}");
-    assert_eq!(a["clients_mismatched"], 0, "{name}: {o:#}");
-}
-
 /// Pusher clients connect, subscribe to their user and group channels,
 /// answer pings and receive what the signed HTTP API publishes, on either
 /// node (so through Sockudo's Redis adapter), in every scenario of the
@@ -89,7 +48,7 @@ fn the_comparison_runs_against_sockudo_on_the_same_redis() {
         eprintln!("SKIPPED: redis-server not found");
         return;
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_fanout-bench"))
+    let out = bench()
         .args(["compare", "--quick", "--json", "--peers", "sockudo"])
         .arg("--sockudo-bin")
         .arg(&sockudo)
@@ -99,36 +58,9 @@ fn the_comparison_runs_against_sockudo_on_the_same_redis() {
         .arg(redis)
         .output()
         .expect("fanout-bench runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let json: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
-        panic!(
-            "fanout-bench printed no JSON ({e}):\n{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
+    let json = json_of(&out);
+    assert_compared_with(&json, "sockudo");
     let results = json["results"].as_array().unwrap();
-    let scenarios = [
-        "idle",
-        "broadcast",
-        "broadcast-moderate",
-        "steady",
-        "storm",
-        "publish-api",
-    ];
-    for scenario in scenarios {
-        for target in ["fanout", "sockudo"] {
-            let o = results
-                .iter()
-                .find(|o| o["scenario"] == scenario && o["target"] == target)
-                .unwrap_or_else(|| panic!("no {scenario} on {target}: {json:#}"));
-            if scenario == "idle" {
-                assert_eq!(o["errors"], serde_json::json!([]), "{o:#}");
-                assert_eq!(metric(o, "open at end"), 200.0, "{o:#}");
-            } else {
-                assert_accounted(o);
-            }
-        }
-    }
     assert!(
         !results.iter().any(|o| o["target"] == "socketio"),
         "--peers sockudo ran Socket.IO too: {json:#}"
