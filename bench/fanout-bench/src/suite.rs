@@ -24,9 +24,10 @@ pub(crate) struct SuiteArgs {
     #[arg(long)]
     pub(crate) quick: bool,
     /// Run only these scenarios (comma-separated names from the table's
-    /// first column, e.g. `broadcast,storm`; suite also knows
-    /// `broadcast-paced`, `broadcast-redis`, `broadcast-moderate`, `publish-api-1000`,
-    /// `steady-history` (history on and off) and `steady-history-on`/`-off`).
+    /// first column, e.g. `broadcast,storm`; both also know
+    /// `broadcast-moderate`; suite also `broadcast-paced`, `broadcast-redis`,
+    /// `publish-api-1000`, `steady-history` (history on and off) and
+    /// `steady-history-on`/`-off`).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// The fanout binary (default: next to fanout-bench, else on PATH).
