@@ -405,10 +405,12 @@ impl Broker for RedisBroker {
         if let Some(fence) = &self.inner.fence {
             fence.leave().await;
         }
-        for shard in &self.inner.shards {
-            let _ = shard.client.quit().await;
-        }
-        let _ = self.inner.publisher.quit().await;
+        // At once, not in turn: against a frozen Redis each QUIT waits out
+        // `--redis-timeout`, and one such wait is enough for the exit.
+        let shards = futures_util::future::join_all(
+            self.inner.shards.iter().map(|shard| shard.client.quit()),
+        );
+        let _ = tokio::join!(shards, self.inner.publisher.quit());
     }
 
     fn health(&self) -> Health {
