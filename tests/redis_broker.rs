@@ -693,3 +693,59 @@ async fn one_wedged_pubsub_connection_does_not_cut_the_node_off() {
         "{received} of {USERS} received"
     );
 }
+
+/// A subscribe counts once Redis has taken it, not once it is written
+/// (fred resolves a SUBSCRIBE as soon as it is on the socket). While the
+/// node's SUBSCRIBE is held up on its way, the client gets no welcome: the
+/// history read that sets its start could otherwise overtake the
+/// SUBSCRIBE, and a message published between the two reached neither.
+/// Once the SUBSCRIBE goes through, the welcome comes and a message
+/// published right after it arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn welcome_waits_until_redis_has_taken_the_subscribe() {
+    if !support::redis::available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let proxy = support::proxy::WedgeProxy::start(redis.port).await;
+    let a = FanoutProcess::start(
+        "held",
+        &[
+            "--redis-url",
+            &format!("redis://127.0.0.1:{}", proxy.port),
+            "--redis-probe-interval",
+            "60s",
+        ],
+    );
+    proxy.hold_subscribes();
+    let token = support::mint("late");
+    let mut c = Client::connect(&format!("ws://{}/ws?token={token}", a.addr)).await;
+    // This wait only bounds the check: before the fix the welcome came
+    // within milliseconds, and with it none can come while the SUBSCRIBE
+    // is held, however long.
+    let early = tokio::time::timeout(Duration::from_millis(500), c.recv()).await;
+    assert!(
+        early.is_err(),
+        "a welcome before Redis took the SUBSCRIBE: {early:?}"
+    );
+    proxy.release_subscribes();
+    let w = c.recv().await;
+    assert_eq!(w["type"], "welcome", "{w}");
+    let id = marker(&a, "late").await;
+    expect_message(&mut c, &id).await;
+
+    // A join waits the same way before its `joined`.
+    proxy.hold_subscribes();
+    c.send(json!({"type": "join", "id": 1, "group": "g"})).await;
+    let early = tokio::time::timeout(Duration::from_millis(500), c.recv()).await;
+    assert!(
+        early.is_err(),
+        "joined before Redis took the SUBSCRIBE: {early:?}"
+    );
+    proxy.release_subscribes();
+    let joined = c.recv().await;
+    assert_eq!(joined["type"], "joined", "{joined}");
+    let (s, body) = a.publish(json!({"groups": ["g"]}), json!("to g")).await;
+    assert_eq!(s, 200, "{body}");
+    expect_message(&mut c, body["id"].as_str().unwrap()).await;
+}

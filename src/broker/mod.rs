@@ -186,7 +186,10 @@ pub trait Broker: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Position, BrokerError>> + Send;
 
     /// Starts delivering `channels` to this node; resolves once deliveries
-    /// are guaranteed. Subscribing twice is harmless.
+    /// are guaranteed: everything published after it resolves, and after
+    /// any read of the channel's history made after it resolves, reaches
+    /// this node (a written but not yet executed SUBSCRIBE does not count).
+    /// Subscribing twice is harmless.
     fn subscribe(
         &self,
         channels: &[Channel],

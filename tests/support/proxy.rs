@@ -1,5 +1,7 @@
-//! A TCP proxy in front of Redis that can wedge the pub/sub connections:
-//! they stay open but deliver nothing, the failure a probe must catch.
+//! A TCP proxy in front of Redis that can wedge the pub/sub connections
+//! (they stay open but deliver nothing, the failure a probe must catch),
+//! and hold back what a client sends from its next (S)SUBSCRIBE on, as a
+//! busy Redis or network would, until the test lets it through.
 
 #![allow(dead_code)]
 
@@ -12,6 +14,7 @@ use parking_lot::Mutex;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
+    sync::watch,
 };
 
 struct Conn {
@@ -24,6 +27,9 @@ struct Conn {
 pub struct WedgeProxy {
     pub port: u16,
     conns: Arc<Mutex<Vec<Arc<Conn>>>>,
+    /// While true, a client → server chunk holding "subscribe" (and all
+    /// that follows it on that connection) waits.
+    hold: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -33,6 +39,7 @@ impl WedgeProxy {
         let port = listener.local_addr().unwrap().port();
         let conns: Arc<Mutex<Vec<Arc<Conn>>>> = Arc::default();
         let registry = conns.clone();
+        let (hold, held) = watch::channel(false);
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = TcpStream::connect(("127.0.0.1", upstream_port)).await else {
@@ -46,6 +53,7 @@ impl WedgeProxy {
                 let (mut cr, mut cw) = client.into_split();
                 let (mut sr, mut sw) = server.into_split();
                 let up = conn.clone();
+                let mut held = held.clone();
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 16 * 1024];
                     while let Ok(n) = cr.read(&mut buf).await {
@@ -58,6 +66,9 @@ impl WedgeProxy {
                             .any(|w| w.eq_ignore_ascii_case(b"subscribe"))
                         {
                             up.subscriber.store(true, Ordering::Relaxed);
+                            if held.wait_for(|hold| !*hold).await.is_err() {
+                                break;
+                            }
                         }
                         if sw.write_all(chunk).await.is_err() {
                             break;
@@ -80,7 +91,22 @@ impl WedgeProxy {
                 });
             }
         });
-        Self { port, conns, task }
+        Self {
+            port,
+            conns,
+            hold,
+            task,
+        }
+    }
+
+    /// From now on, each connection's next (S)SUBSCRIBE, and everything the
+    /// client sends after it, waits for [`WedgeProxy::release_subscribes`].
+    pub fn hold_subscribes(&self) {
+        self.hold.send_replace(true);
+    }
+
+    pub fn release_subscribes(&self) {
+        self.hold.send_replace(false);
     }
 
     /// Wedges one pub/sub connection (the first opened); returns whether

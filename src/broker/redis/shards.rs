@@ -235,6 +235,19 @@ impl RedisBroker {
                 .client
                 .subscribe(names)
                 .await
+                .map_err(|e| unavailable(&e))?;
+            // fred resolves a SUBSCRIBE once it is written, not once Redis
+            // has taken it (its confirmations are dropped as out of band).
+            // Redis answers one connection's commands in order, so the
+            // PONG says the SUBSCRIBE before it is in force. Without it a
+            // history read on another connection could overtake the
+            // SUBSCRIBE, and a message published between the two was in
+            // neither. (An SSUBSCRIBE is answered and awaited as it is.)
+            shard
+                .client
+                .ping::<fred::types::Value>(None)
+                .await
+                .map(drop)
                 .map_err(|e| unavailable(&e))
         }
     }
