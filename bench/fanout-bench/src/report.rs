@@ -59,6 +59,27 @@ pub(crate) struct Accounting {
     /// (count or which ones); absent when not checked (a publish failed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) clients_mismatched: Option<u64>,
+    /// The first messages with deliveries missing, to tell where a loss
+    /// happened (empty when none is missing).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) missing_messages: Vec<MissingMessage>,
+    /// The first clients (by index, client i is user u<i>) whose deliveries
+    /// differ from what was addressed to them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) mismatched_clients: Vec<u64>,
+}
+
+/// A message some of whose deliveries never came.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct MissingMessage {
+    /// Its index in the run (`s` in the payload).
+    pub(crate) seq: u64,
+    /// Where it was published to.
+    pub(crate) to: String,
+    /// Seconds after the run's first publish that it was sent.
+    pub(crate) sent_at_s: f64,
+    pub(crate) expected: u64,
+    pub(crate) delivered: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -212,6 +233,16 @@ pub(crate) fn table(outcomes: &[Outcome]) -> String {
             }
             if a.publish_failed > 0 {
                 let _ = write!(text, " · publish failed {}", a.publish_failed);
+            }
+            for m in a.missing_messages.iter().take(3) {
+                let _ = write!(
+                    text,
+                    " · message {} to {} (sent at {:.2} s) reached {} of {}",
+                    m.seq, m.to, m.sent_at_s, m.delivered, m.expected
+                );
+            }
+            if !a.mismatched_clients.is_empty() {
+                let _ = write!(text, " · clients {:?}", a.mismatched_clients);
             }
             rows.push(["messages".into(), text, String::new()]);
         }

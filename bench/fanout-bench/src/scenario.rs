@@ -20,7 +20,7 @@ use crate::{
     publish::{Dest, Drive, Publisher, Sent, drive},
     pusher,
     recorder::{latency_hist, pairs_into_hist, unix_us},
-    report::{Accounting, Outcome},
+    report::{Accounting, MissingMessage, Outcome},
     stages,
 };
 
@@ -238,6 +238,9 @@ pub(crate) fn merge(reports: &[PhaseReport], len: usize, conns: u64) -> Merged {
     m
 }
 
+/// Missing messages and mismatched clients named in the accounting.
+const EXAMPLES_KEPT: usize = 10;
+
 /// Who receives what: `k` connections (users u0 … u<k-1>), connection `i`
 /// in group `g<i / group_size>` when `group_size > 0`.
 #[derive(Debug, Clone, Copy)]
@@ -273,7 +276,7 @@ impl Audience {
 /// once, and nothing else (checked by count and by the sum of the
 /// messages' offsets). `None` when some publish failed: a failed request may
 /// still have been delivered, so the expectation is unknown.
-fn clients_mismatched(sent: &Sent, merged: &Merged, audience: Audience) -> Option<u64> {
+fn clients_mismatched(sent: &Sent, merged: &Merged, audience: Audience) -> Option<Vec<u64>> {
     if sent.failed > 0 {
         return None;
     }
@@ -293,8 +296,10 @@ fn clients_mismatched(sent: &Sent, merged: &Merged, audience: Audience) -> Optio
         expected
             .iter()
             .zip(&merged.per_conn)
-            .filter(|(e, got)| e != got)
-            .count() as u64,
+            .enumerate()
+            .filter(|(_, (e, got))| e != got)
+            .map(|(c, _)| c as u64)
+            .collect(),
     )
 }
 
@@ -319,6 +324,16 @@ pub(crate) fn account(out: &mut Outcome, sent: &Sent, merged: &Merged, audience:
         acc.delivered += got.min(expected);
         acc.missing += expected.saturating_sub(got);
         acc.duplicated += got.saturating_sub(expected);
+        if got < expected && acc.missing_messages.len() < EXAMPLES_KEPT {
+            acc.missing_messages.push(MissingMessage {
+                seq: i as u64,
+                to: format!("{dest:?}"),
+                // Filled in below, once the first send is known.
+                sent_at_s: t as f64,
+                expected,
+                delivered: got,
+            });
+        }
         first = first.min(t);
         if got > 0 {
             let lat = merged.max_latency[i];
@@ -337,7 +352,13 @@ pub(crate) fn account(out: &mut Outcome, sent: &Sent, merged: &Merged, audience:
     out.percentiles("last delivery", &completion, &[0.5, 0.99]);
     out.closed_by_server = merged.closed.clone();
     out.errors.extend(sent.errors.iter().cloned());
-    acc.clients_mismatched = clients_mismatched(sent, merged, audience);
+    for m in &mut acc.missing_messages {
+        m.sent_at_s = (m.sent_at_s - first as f64) / 1e6;
+    }
+    if let Some(clients) = clients_mismatched(sent, merged, audience) {
+        acc.clients_mismatched = Some(clients.len() as u64);
+        acc.mismatched_clients = clients.into_iter().take(EXAMPLES_KEPT).collect();
+    }
     out.accounting = Some(acc);
     last
 }
@@ -838,12 +859,39 @@ mod tests {
         ]);
         assert_eq!(audience.count(s.dests[0]), 2);
         let right = merged(vec![(1, 0), (1, 1), (0, 0), (1, 0)]);
-        assert_eq!(clients_mismatched(&s, &right, audience), Some(0));
+        assert_eq!(clients_mismatched(&s, &right, audience), Some(vec![]));
         // User 2 got message 1 instead of user 1.
         let wrong = merged(vec![(1, 0), (0, 0), (1, 1), (1, 0)]);
-        assert_eq!(clients_mismatched(&s, &wrong, audience), Some(2));
+        assert_eq!(clients_mismatched(&s, &wrong, audience), Some(vec![1, 2]));
         // User 0 got message 1 instead of message 0 (same count).
         let swapped = merged(vec![(1, 1), (1, 1), (0, 0), (1, 0)]);
-        assert_eq!(clients_mismatched(&s, &swapped, audience), Some(1));
+        assert_eq!(clients_mismatched(&s, &swapped, audience), Some(vec![0]));
+    }
+
+    /// A loss names the message (where it went, when it was sent) and the
+    /// clients that lack it, so a failed run says where to look.
+    #[test]
+    fn a_loss_names_the_message_and_the_client() {
+        let audience = Audience {
+            k: 4,
+            group_size: 2,
+        };
+        let mut s = sent(vec![Dest::Group(0), Dest::User(3), Dest::Group(1)]);
+        s.send_times = vec![1_000_000, 1_500_000, 3_250_000];
+        let mut m = merged(vec![(1, 0), (1, 0), (0, 0), (2, 3)]);
+        // Message 2 to g1 (users 2 and 3) reached only user 3.
+        m.counts = vec![2, 1, 1];
+        m.max_latency = vec![0; 3];
+        let mut out = Outcome::new("t", "fanout", String::new());
+        account(&mut out, &s, &m, audience);
+        let a = out.accounting.expect("accounted");
+        assert_eq!(a.missing, 1);
+        assert_eq!(a.missing_messages.len(), 1);
+        let lost = &a.missing_messages[0];
+        assert_eq!((lost.seq, lost.expected, lost.delivered), (2, 2, 1));
+        assert_eq!(lost.to, "Group(1)");
+        assert!((lost.sent_at_s - 2.25).abs() < 1e-9, "{}", lost.sent_at_s);
+        assert_eq!(a.clients_mismatched, Some(1));
+        assert_eq!(a.mismatched_clients, vec![2]);
     }
 }

@@ -37,6 +37,10 @@ pub(super) struct NodeSample {
     pub(super) subscriptions: Option<f64>,
     /// Kernel send queues of the node's client sockets.
     pub(super) send_queue_bytes: Option<u64>,
+    /// `fanout_history_gap_messages_total`, both results: messages the
+    /// node filled in from history after they failed to arrive live, and
+    /// gaps it could not fill. Without an outage, none.
+    pub(super) gap_messages: Option<f64>,
 }
 
 impl NodeSample {
@@ -114,6 +118,7 @@ pub(super) async fn read_nodes(watched: &[Watched]) -> Vec<NodeSample> {
         n.connections = metric_sum(&text, "fanout_connections_active");
         n.tasks = metric_sum(&text, "fanout_runtime_tasks_alive");
         n.subscriptions = metric_sum(&text, "fanout_broker_subscriptions");
+        n.gap_messages = metric_sum(&text, "fanout_history_gap_messages_total");
     }
     let ports: Vec<u16> = watched.iter().map(|w| w.port).collect();
     if let Some(queues) = procstat::send_queues(&ports) {

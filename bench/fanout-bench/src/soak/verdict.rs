@@ -236,6 +236,7 @@ mod tests {
                     tasks: Some(2000.0),
                     subscriptions: Some(500.0),
                     send_queue_bytes: Some(0),
+                    gap_messages: None,
                 }],
                 clients: Tally::default(),
                 outstanding: 0,
