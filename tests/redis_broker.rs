@@ -749,3 +749,54 @@ async fn welcome_waits_until_redis_has_taken_the_subscribe() {
     assert_eq!(s, 200, "{body}");
     expect_message(&mut c, body["id"].as_str().unwrap()).await;
 }
+
+/// A SUBSCRIBE that Redis does not carry out within `--redis-timeout` (a
+/// stalled connection) refuses the client with 3004 instead of welcoming
+/// it on a channel that is not subscribed. When the SUBSCRIBE goes
+/// through after all, the UNSUBSCRIBE the node sent behind it undoes it:
+/// Redis does not go on counting the user as online (`offline_users`)
+/// nor sending the node a channel nobody there wants.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribe_redis_does_not_carry_out_refuses_the_client() {
+    if !support::redis::available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let proxy = support::proxy::WedgeProxy::start(redis.port).await;
+    let a = FanoutProcess::start(
+        "stalled",
+        &[
+            "--redis-url",
+            &format!("redis://127.0.0.1:{}", proxy.port),
+            "--redis-pubsub-connections",
+            "1",
+            "--redis-timeout",
+            "300ms",
+            "--redis-probe-interval",
+            "60s",
+        ],
+    );
+    proxy.hold_subscribes();
+    let token = support::mint("stuck");
+    let mut c = Client::connect(&format!("ws://{}/ws?token={token}", a.addr)).await;
+    let (frames, closed) = c.recv_until_close().await;
+    assert_eq!(closed.code, 3004, "{frames:?} {closed:?}");
+    assert!(frames.iter().all(|f| f["type"] != "welcome"), "{frames:?}");
+    proxy.release_subscribes();
+    // The next client's SUBSCRIBE goes over the same connection, after
+    // the held one and its UNSUBSCRIBE: once it is welcomed, Redis has
+    // carried out all three.
+    let mut other = a.client("other").await;
+    assert_eq!(redis.numsub("fanout:user:stuck"), 0);
+    assert_eq!(redis.numsub("fanout:user:other"), 1);
+    let (s, body) = a
+        .publish(json!({"users": ["stuck", "other"]}), json!("after"))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["offline_users"], json!(["stuck"]), "{body}");
+    expect_message(&mut other, body["id"].as_str().unwrap()).await;
+    // And the refused user connects once Redis answers.
+    let mut back = a.client("stuck").await;
+    let id = marker(&a, "stuck").await;
+    expect_message(&mut back, &id).await;
+}

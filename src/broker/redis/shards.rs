@@ -175,13 +175,14 @@ impl RedisBroker {
             return Err(BrokerError::Unavailable("not connected to Redis".into()));
         }
         let r = self.redis_subscribe(shard, names.clone()).await;
-        if r.is_err() {
-            let mut wanted = shard.wanted.lock();
-            for n in &names {
-                wanted.remove(n);
-            }
-        }
         metrics::broker_command(BrokerOp::Subscribe, r.is_ok());
+        if r.is_err() {
+            // The SUBSCRIBE may still be carried out (it was written, and
+            // only its confirmation timed out): undo it behind it on the
+            // same connection, or Redis would keep sending the node a
+            // channel it gave up on and count its user as online.
+            self.send_unsubscribe(shard, names).await;
+        }
         r
     }
 
