@@ -110,7 +110,8 @@ ensure-sockudo:
 ## every 5 s. Fails (exit 1) if after the first 30 s a node's RSS, open
 ## files, tasks, send queues or subscriptions keep growing, if a node holds
 ## more files or tasks once every client has gone than before the first
-## came, or if a message is lost. SOAK_ARGS adds options. The full run:
+## came, or if a message is lost. SOAK_ARGS adds options, or overrides
+## these (the last value of an option wins). The full run:
 ## `target/release/fanout-bench soak` (30 minutes, 15,000 clients).
 soak-smoke: ensure-redis
 	$(CARGO) build -p fanout -p fanout-bench

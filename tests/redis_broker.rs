@@ -23,6 +23,21 @@ fn node(id: &str, redis: &RedisServer) -> FanoutProcess {
     )
 }
 
+/// A node whose Redis connections go through `proxy`, with a probe
+/// interval long enough that nothing restarts a wedged connection.
+fn node_behind(id: &str, proxy: &support::proxy::WedgeProxy, extra: &[&str]) -> FanoutProcess {
+    let url = format!("redis://127.0.0.1:{}", proxy.port);
+    let mut args = vec!["--redis-url", &url, "--redis-probe-interval", "60s"];
+    args.extend_from_slice(extra);
+    FanoutProcess::start(id, &args)
+}
+
+/// A client of `uid` on `node`, connected but not waiting for anything.
+async fn connect(node: &FanoutProcess, uid: &str) -> Client {
+    let token = support::mint(uid);
+    Client::connect(&format!("ws://{}/ws?token={token}", node.addr)).await
+}
+
 /// Reads until a message with `id`; fails on any other message first.
 async fn expect_message(c: &mut Client, id: &str) -> Value {
     let m = c.recv_type("message").await;
@@ -655,18 +670,7 @@ async fn one_wedged_pubsub_connection_does_not_cut_the_node_off() {
     const USERS: usize = 16;
     let redis = RedisServer::start();
     let proxy = support::proxy::WedgeProxy::start(redis.port).await;
-    // A long probe interval: nothing restarts the wedged connection here.
-    let a = FanoutProcess::start(
-        "pool",
-        &[
-            "--redis-url",
-            &format!("redis://127.0.0.1:{}", proxy.port),
-            "--redis-pubsub-connections",
-            "2",
-            "--redis-probe-interval",
-            "60s",
-        ],
-    );
+    let a = node_behind("pool", &proxy, &["--redis-pubsub-connections", "2"]);
     let mut clients = Vec::new();
     for i in 0..USERS {
         clients.push(a.client(&format!("p{i}")).await);
@@ -708,18 +712,9 @@ async fn welcome_waits_until_redis_has_taken_the_subscribe() {
     }
     let redis = RedisServer::start();
     let proxy = support::proxy::WedgeProxy::start(redis.port).await;
-    let a = FanoutProcess::start(
-        "held",
-        &[
-            "--redis-url",
-            &format!("redis://127.0.0.1:{}", proxy.port),
-            "--redis-probe-interval",
-            "60s",
-        ],
-    );
+    let a = node_behind("held", &proxy, &[]);
     proxy.hold_subscribes();
-    let token = support::mint("late");
-    let mut c = Client::connect(&format!("ws://{}/ws?token={token}", a.addr)).await;
+    let mut c = connect(&a, "late").await;
     // This wait only bounds the check: before the fix the welcome came
     // within milliseconds, and with it none can come while the SUBSCRIBE
     // is held, however long.
@@ -763,22 +758,18 @@ async fn a_subscribe_redis_does_not_carry_out_refuses_the_client() {
     }
     let redis = RedisServer::start();
     let proxy = support::proxy::WedgeProxy::start(redis.port).await;
-    let a = FanoutProcess::start(
+    let a = node_behind(
         "stalled",
+        &proxy,
         &[
-            "--redis-url",
-            &format!("redis://127.0.0.1:{}", proxy.port),
             "--redis-pubsub-connections",
             "1",
             "--redis-timeout",
             "300ms",
-            "--redis-probe-interval",
-            "60s",
         ],
     );
     proxy.hold_subscribes();
-    let token = support::mint("stuck");
-    let mut c = Client::connect(&format!("ws://{}/ws?token={token}", a.addr)).await;
+    let mut c = connect(&a, "stuck").await;
     let (frames, closed) = c.recv_until_close().await;
     assert_eq!(closed.code, 3004, "{frames:?} {closed:?}");
     assert!(frames.iter().all(|f| f["type"] != "welcome"), "{frames:?}");

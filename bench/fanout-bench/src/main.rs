@@ -200,6 +200,9 @@ enum Cmd {
     /// A long run on two nodes it starts itself: steady publishing,
     /// clients reconnecting at a trickle; fails if a node's memory, open
     /// files, queued bytes or tasks keep growing, or a message is lost.
+    /// An option given twice takes its last value, so `make soak-smoke
+    /// SOAK_ARGS=...` can override the Makefile's own.
+    #[command(args_override_self = true)]
     Soak(soak::SoakArgs),
     /// Internal: a worker process holding client connections.
     #[command(hide = true)]
@@ -568,4 +571,23 @@ pub(crate) fn default_socketio_dir() -> PathBuf {
 /// The committed configuration of the bench's Sockudo nodes.
 pub(crate) fn default_sockudo_config() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../peers/sockudo/sockudo.toml")
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{Cli, Cmd};
+
+    /// `make soak-smoke SOAK_ARGS=...` appends to the Makefile's options:
+    /// the last value of an option wins instead of being refused.
+    #[test]
+    fn a_soak_option_given_twice_takes_the_last_value() {
+        let cli = Cli::try_parse_from(["fanout-bench", "soak", "--rate", "100", "--rate", "5"])
+            .expect("a repeated option parses");
+        let Cmd::Soak(args) = cli.command else {
+            panic!("not the soak");
+        };
+        assert!(format!("{args:?}").contains("rate: 5.0"), "{args:?}");
+    }
 }
