@@ -186,10 +186,11 @@ pub trait Broker: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Position, BrokerError>> + Send;
 
     /// Starts delivering `channels` to this node; resolves once deliveries
-    /// are guaranteed: everything published after it resolves, and after
-    /// any read of the channel's history made after it resolves, reaches
-    /// this node (a written but not yet executed SUBSCRIBE does not count).
-    /// Subscribing twice is harmless.
+    /// are guaranteed: from then on every message published to them
+    /// reaches this node, so nothing falls between a history read made
+    /// afterwards and the live stream. (A SUBSCRIBE that is written but not
+    /// yet carried out by Redis does not count.) Subscribing twice is
+    /// harmless.
     fn subscribe(
         &self,
         channels: &[Channel],

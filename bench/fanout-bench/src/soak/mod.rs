@@ -272,15 +272,15 @@ struct Publishing {
 }
 
 impl Publishing {
-    /// Publishes `--rate` messages per second for `--duration` through both
-    /// nodes' API, each to a random user or (`--group-percent`) group.
     /// Most messages the run publishes.
     fn cap(a: &SoakArgs) -> u64 {
         (a.rate * a.duration.as_secs_f64()).ceil() as u64 + 1
     }
 
-    /// Starts publishing at once: call with the clients' phase started,
-    /// or the first messages could be counted before it and wiped by it.
+    /// Publishes `--rate` messages per second for `--duration` through both
+    /// nodes' API, each to a random user or (`--group-percent`) group.
+    /// Starts at once: call with the clients' phase started, or the first
+    /// messages could be counted before it and wiped by it.
     fn start(a: &SoakArgs, s: &Shape, d: &Deployed, audience: Audience) -> anyhow::Result<Self> {
         let cap = Self::cap(a);
         let groups = s.k.div_ceil(s.group_size);
@@ -352,7 +352,8 @@ pub(crate) async fn soak(a: &SoakArgs) -> anyhow::Result<ExitCode> {
     // The phase starts (every worker's deliveries counted from zero)
     // before the first message goes out: the other way round, a message
     // delivered before a worker took the phase was wiped by it, and
-    // counted as lost (1 in ~10 runs of the bench test, always the first).
+    // counted as lost (3 in 30 loaded runs of the bench test's soak,
+    // always the first message).
     pool.phase(0, Publishing::cap(a)).await?;
     let publishing = Publishing::start(a, &shape, &d, audience)?;
     let mut loadgen = pool.pids();
