@@ -170,7 +170,6 @@ pub async fn serve(
     Ok(())
 }
 
-/// The JSON error for a request head over our limits, if it is.
 /// Turns Nagle's algorithm off: every write here is a whole batch of frames
 /// flushed once, and with Nagle on, a frame written while the previous one
 /// is unacknowledged waits for its ACK, which a client that sends nothing
@@ -181,6 +180,7 @@ fn no_delay(stream: &TcpStream) {
     }
 }
 
+/// The JSON error for a request head over our limits, if it is.
 fn oversized_head<B>(req: &Request<B>) -> Option<HttpError> {
     let uri = req.uri();
     let target = uri.scheme_str().map_or(0, str::len)
