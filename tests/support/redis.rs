@@ -23,14 +23,7 @@ pub fn cli_bin() -> String {
 /// False (after saying why) when redis-server is not installed and not
 /// required; panics when it is required.
 pub fn available() -> bool {
-    let found = testkit::server_found(&testkit::server_bin());
-    if !found {
-        if std::env::var("FANOUT_REQUIRE_REDIS").is_ok_and(|v| v == "1") {
-            panic!("redis-server not found and FANOUT_REQUIRE_REDIS=1");
-        }
-        eprintln!("SKIPPED: redis-server not found (install it, or run `make test`)");
-    }
-    found
+    testkit::available_for_tests().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A port nothing listens on right now.

@@ -21,7 +21,8 @@ mod redis;
 use std::{io, net::TcpListener};
 
 pub use redis::{
-    RedisBuilder, RedisCluster, RedisServer, cli, cli_bin, server_bin, server_found, slot_owner,
+    RedisBuilder, RedisCluster, RedisServer, available_for_tests, cli, cli_bin, server_bin,
+    server_found, slot_owner,
 };
 
 /// A loopback port nothing listens on right now (another process may take

@@ -31,6 +31,21 @@ pub fn server_found(bin: &Path) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// For tests: `Ok(true)` when redis-server is there; `Ok(false)`, after
+/// saying why on stderr, when it is missing and the test may skip;
+/// `Err` when it is missing but required (`FANOUT_REQUIRE_REDIS=1`, as
+/// `make test` sets), which the test turns into a failure.
+pub fn available_for_tests() -> Result<bool, String> {
+    if server_found(&server_bin()) {
+        return Ok(true);
+    }
+    if std::env::var("FANOUT_REQUIRE_REDIS").is_ok_and(|v| v == "1") {
+        return Err("redis-server not found and FANOUT_REQUIRE_REDIS=1".into());
+    }
+    eprintln!("SKIPPED: redis-server not found (install it, or run `make test`)");
+    Ok(false)
+}
+
 /// Runs `redis-cli -p <port> args…` and returns what it printed on stdout
 /// (`redis-cli` prints command errors there too, and exits 0).
 pub fn cli(port: u16, args: &[&str]) -> io::Result<String> {
@@ -429,13 +444,7 @@ mod tests {
     /// and a clear error (with the log) when the server cannot start.
     #[test]
     fn server_starts_restarts_and_reports_failures() {
-        if !server_found(&server_bin()) {
-            let required = std::env::var("FANOUT_REQUIRE_REDIS").is_ok_and(|v| v == "1");
-            assert!(
-                !required,
-                "redis-server not found and FANOUT_REQUIRE_REDIS=1"
-            );
-            eprintln!("SKIPPED: redis-server not found");
+        if !available_for_tests().unwrap() {
             return;
         }
         let mut s = RedisServer::start().unwrap();

@@ -485,23 +485,16 @@ async fn publish_all(target: &RedisTarget, plan: Drive, dest_of: impl Fn(u64) ->
 
 #[cfg(test)]
 mod tests {
-    use fanout_testkit::{RedisServer, server_bin, server_found};
+    use fanout_testkit::{RedisServer, available_for_tests};
 
     use super::*;
 
     /// A redis-server on a free port, or None (after saying why) when
     /// there is none and `FANOUT_REQUIRE_REDIS=1` does not demand one.
     fn redis_server() -> Option<RedisServer> {
-        if !server_found(&server_bin()) {
-            let required = std::env::var("FANOUT_REQUIRE_REDIS").is_ok_and(|v| v == "1");
-            assert!(
-                !required,
-                "redis-server not found and FANOUT_REQUIRE_REDIS=1"
-            );
-            eprintln!("SKIPPED: redis-server not found");
-            return None;
-        }
-        Some(RedisServer::start().unwrap())
+        available_for_tests()
+            .unwrap()
+            .then(|| RedisServer::start().unwrap())
     }
 
     fn plan(count: u64, rate: f64) -> Drive {

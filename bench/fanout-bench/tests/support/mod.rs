@@ -28,14 +28,7 @@ pub(crate) fn fanout_bin() -> PathBuf {
 /// False (after saying why) when redis-server is missing and not required
 /// (`FANOUT_REQUIRE_REDIS=1`, as `make test` sets, makes it a failure).
 pub(crate) fn redis_available() -> bool {
-    let found = fanout_testkit::server_found(&fanout_testkit::server_bin());
-    if !found {
-        if std::env::var("FANOUT_REQUIRE_REDIS").is_ok_and(|v| v == "1") {
-            panic!("redis-server not found and FANOUT_REQUIRE_REDIS=1");
-        }
-        eprintln!("SKIPPED: redis-server not found (install it, or run `make test`)");
-    }
-    found
+    fanout_testkit::available_for_tests().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// `fanout-bench`, without the `FANOUT_*` settings of the environment
