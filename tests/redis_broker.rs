@@ -698,6 +698,18 @@ async fn one_wedged_pubsub_connection_does_not_cut_the_node_off() {
     );
 }
 
+/// No frame (the `welcome` or `joined` that waits for the held SUBSCRIBE)
+/// reaches `c`. The wait only bounds the check: before the fix the frame
+/// came within milliseconds; with it none can come while the SUBSCRIBE is
+/// held, however long.
+async fn assert_nothing_while_held(c: &mut Client, what: &str) {
+    let early = tokio::time::timeout(Duration::from_millis(500), c.recv()).await;
+    assert!(
+        early.is_err(),
+        "{what} before Redis took the SUBSCRIBE: {early:?}"
+    );
+}
+
 /// A subscribe counts once Redis has taken it, not once it is written
 /// (fred resolves a SUBSCRIBE as soon as it is on the socket). While the
 /// node's SUBSCRIBE is held up on its way, the client gets no welcome: the
@@ -715,14 +727,7 @@ async fn welcome_waits_until_redis_has_taken_the_subscribe() {
     let a = node_behind("held", &proxy, &[]);
     proxy.hold_subscribes();
     let mut c = connect(&a, "late").await;
-    // This wait only bounds the check: before the fix the welcome came
-    // within milliseconds, and with it none can come while the SUBSCRIBE
-    // is held, however long.
-    let early = tokio::time::timeout(Duration::from_millis(500), c.recv()).await;
-    assert!(
-        early.is_err(),
-        "a welcome before Redis took the SUBSCRIBE: {early:?}"
-    );
+    assert_nothing_while_held(&mut c, "welcome").await;
     proxy.release_subscribes();
     let w = c.recv().await;
     assert_eq!(w["type"], "welcome", "{w}");
@@ -732,11 +737,7 @@ async fn welcome_waits_until_redis_has_taken_the_subscribe() {
     // A join waits the same way before its `joined`.
     proxy.hold_subscribes();
     c.send(json!({"type": "join", "id": 1, "group": "g"})).await;
-    let early = tokio::time::timeout(Duration::from_millis(500), c.recv()).await;
-    assert!(
-        early.is_err(),
-        "joined before Redis took the SUBSCRIBE: {early:?}"
-    );
+    assert_nothing_while_held(&mut c, "joined").await;
     proxy.release_subscribes();
     let joined = c.recv().await;
     assert_eq!(joined["type"], "joined", "{joined}");
