@@ -312,7 +312,15 @@ pub(crate) fn account(out: &mut Outcome, sent: &Sent, merged: &Merged, audience:
         stray: merged.stray,
         ..Accounting::default()
     };
-    let (mut first, mut last) = (u64::MAX, 0);
+    // The run's first publish: missing messages are timed from it.
+    let first = sent
+        .send_times
+        .iter()
+        .copied()
+        .filter(|&t| t > 0)
+        .min()
+        .unwrap_or(0);
+    let mut last = 0;
     let mut completion = latency_hist();
     for (i, (&t, &dest)) in sent.send_times.iter().zip(&sent.dests).enumerate() {
         if t == 0 {
@@ -328,13 +336,11 @@ pub(crate) fn account(out: &mut Outcome, sent: &Sent, merged: &Merged, audience:
             acc.missing_messages.push(MissingMessage {
                 seq: i as u64,
                 to: format!("{dest:?}"),
-                // Filled in below, once the first send is known.
-                sent_at_s: t as f64,
+                sent_at_s: t.saturating_sub(first) as f64 / 1e6,
                 expected,
                 delivered: got,
             });
         }
-        first = first.min(t);
         if got > 0 {
             let lat = merged.max_latency[i];
             last = last.max(t + lat);
@@ -352,9 +358,6 @@ pub(crate) fn account(out: &mut Outcome, sent: &Sent, merged: &Merged, audience:
     out.percentiles("last delivery", &completion, &[0.5, 0.99]);
     out.closed_by_server = merged.closed.clone();
     out.errors.extend(sent.errors.iter().cloned());
-    for m in &mut acc.missing_messages {
-        m.sent_at_s = (m.sent_at_s - first as f64) / 1e6;
-    }
     if let Some(clients) = clients_mismatched(sent, merged, audience) {
         acc.clients_mismatched = Some(clients.len() as u64);
         acc.mismatched_clients = clients.into_iter().take(EXAMPLES_KEPT).collect();

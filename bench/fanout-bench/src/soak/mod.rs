@@ -419,11 +419,11 @@ pub(crate) async fn soak(a: &SoakArgs) -> anyhow::Result<ExitCode> {
         "/s",
     );
     out.metric("publish retries", publishing.http.retried() as f64, "");
-    // Messages that failed to reach a node live and were read back from
-    // history when the next one showed the gap: late, not lost, but
-    // without an outage there should be none.
+    // Messages that failed to reach a node live: read back from history
+    // when the next one showed the gap (late), or, counted once per gap,
+    // not found there (lost). Without an outage there should be none.
     out.metric(
-        "messages the nodes filled in from history",
+        "messages the nodes missed live",
         last.nodes
             .iter()
             .filter(|n| n.connections.is_some())
